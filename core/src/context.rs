@@ -1,0 +1,525 @@
+//! [`Context`]: the handle users pass around, and its derivations.
+//!
+//! # Memory ordering
+//! - A `cancel()` that returns `true` happens-before every `is_cancelled()` / `err()` /
+//!   `cause()` that returns "done" because of it, on the context and its descendants, and
+//!   before every waiter it wakes returns `Ready`.
+//! - Once `cancel()` has returned, every descendant reports done. A concurrent observer may
+//!   see a parent done slightly before a descendant (propagation is a walk, as in
+//!   tokio-util), and a second, losing `cancel()` may return before the walk is over.
+
+use core::fmt;
+use core::ptr::NonNull;
+
+use crate::error::Error;
+
+#[cfg(feature = "alloc")]
+use crate::sync::{AtomicUsize, Ordering::Relaxed};
+#[cfg(feature = "alloc")]
+use crate::{
+    error::Cause,
+    time::{Clock, Instant},
+    tree::{self, CancelNode, Header, Link},
+    wait::{Cancelled, CancelledOwned, RunUntilCancelled, StreamUntilCancelled},
+};
+#[cfg(feature = "alloc")]
+use alloc::boxed::Box;
+#[cfg(feature = "alloc")]
+use core::time::Duration;
+
+/// A node of the context tree: carries cancellation, a deadline and request-scoped values
+/// from a caller to everything it calls (Go's `context.Context`).
+///
+/// Cheap to clone (one atomic increment), `Send + Sync`. Derive children with
+/// [`child`](Context::child), [`with_timeout`](Context::with_timeout),
+/// [`with_deadline`](Context::with_deadline), [`with_value`](Context::with_value) and
+/// [`detached`](Context::detached); observe with [`is_cancelled`](Context::is_cancelled),
+/// [`err`](Context::err), [`cause`](Context::cause) and [`cancelled`](Context::cancelled).
+///
+/// ```
+/// use kontext::Context;
+///
+/// let root = Context::background();
+/// let (req, cancel) = root.child();
+/// let worker = req.with_value(42u32);
+/// assert_eq!(worker.value::<u32>(), Some(&42));
+/// cancel.cancel();
+/// assert!(worker.is_cancelled());
+/// assert!(!root.is_cancelled());
+/// ```
+pub struct Context {
+    /// `None`: the background root. Otherwise one handle on a node (`tree` invariant 1).
+    #[cfg(feature = "alloc")]
+    node: Option<NonNull<Header>>,
+    #[cfg(not(feature = "alloc"))]
+    node: Option<NonNull<()>>,
+}
+
+// SAFETY: nodes are shared through atomics only; values are `Send + Sync`; clocks are
+// `Send + Sync`; causes are `Send + Sync`. A `Context` is a counted shared reference.
+unsafe impl Send for Context {}
+// SAFETY: as above: every `&self` method is thread-safe.
+unsafe impl Sync for Context {}
+
+impl Context {
+    /// The root of every tree (Go's `context.Background()`): never cancelled, no deadline,
+    /// no values. Allocates nothing.
+    #[doc(alias = "Background")]
+    #[doc(alias = "TODO")]
+    pub const fn background() -> Context {
+        Context { node: None }
+    }
+
+    /// Whether the context is done: cancelled, an ancestor cancelled, or past its deadline.
+    ///
+    /// One atomic load without a deadline; that load plus one clock read with one. Seeing
+    /// the deadline passed cancels the context that owns it (with
+    /// [`Error::DeadlineExceeded`]), running its callbacks on this thread.
+    #[doc(alias = "Done")]
+    #[doc(alias = "is_canceled")]
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        #[cfg(feature = "alloc")]
+        if let Some(h) = self.header() {
+            return h.is_done();
+        }
+        false
+    }
+
+    /// `None` while the context is live, then why it is done (Go's `ctx.Err()`).
+    #[doc(alias = "Err")]
+    pub fn err(&self) -> Option<Error> {
+        #[cfg(feature = "alloc")]
+        if let Some(h) = self.header() {
+            return h.done().map(|(e, _)| e);
+        }
+        None
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Context {
+    pub(crate) fn header(&self) -> Option<&Header> {
+        // SAFETY: we own a handle, which keeps the node alive (`tree` invariant 1).
+        self.node.map(|p| unsafe { &*p.as_ptr() })
+    }
+
+    fn from_node(p: NonNull<Header>) -> Context {
+        Context { node: Some(p) }
+    }
+
+    /// A root like [`background`](Context::background) whose descendants measure their
+    /// deadlines on `clock`. Runtime adapters build their roots this way; tests use a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn with_clock(clock: &'static dyn Clock) -> Context {
+        Context::from_node(tree::new_clock(None, Some(clock)))
+    }
+
+    /// Why the context is done, with the cause given to the first cancel (Go's
+    /// `context.Cause`). Without an explicit cause, the [`Error`] itself. `None` while live.
+    ///
+    /// The cause is shared by every descendant the cancel reached.
+    #[doc(alias = "Cause")]
+    pub fn cause(&self) -> Option<&Cause> {
+        self.header().and_then(|h| h.done()).map(|(_, c)| c)
+    }
+
+    /// The effective deadline: the earliest of the context's own and its ancestors'.
+    #[doc(alias = "Deadline")]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.header().and_then(Header::deadline)
+    }
+
+    /// The clock this context's deadlines are measured on: the root's, or with `std` the
+    /// default [`StdClock`](crate::StdClock) when the root has none.
+    pub fn clock(&self) -> Option<&'static dyn Clock> {
+        self.header().and_then(Header::clock).or_else(default_clock)
+    }
+
+    /// The value of type `T` set by the nearest [`with_value`](Context::with_value) above
+    /// (or at) this context (Go's `ctx.Value(key)`, with the type as the key).
+    ///
+    /// Costs one step per value node above, not per ancestor.
+    #[doc(alias = "Value")]
+    pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.header().and_then(Header::value::<T>)
+    }
+
+    /// A cancellable child (Go's `context.WithCancel`).
+    ///
+    /// The [`CancelHandle`] cancels the child and all its descendants, never the parent or
+    /// siblings; it cancels on drop, so a forgotten cancel cannot leak. A child of a done
+    /// context is born done.
+    #[doc(alias = "WithCancel")]
+    #[doc(alias = "WithCancelCause")]
+    pub fn child(&self) -> (Context, CancelHandle) {
+        CancelHandle::new(tree::new_cancel(self.header(), None))
+    }
+
+    /// A child that is done at `deadline` (Go's `context.WithDeadline`), or at the parent's,
+    /// if that is earlier. A deadline already past gives a child that is already done.
+    ///
+    /// No timer is armed: expiry is observed when someone checks or polls.
+    #[doc(alias = "WithDeadline")]
+    pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
+        self.deadline_child(deadline, None)
+    }
+
+    /// [`with_deadline`](Context::with_deadline) with a cause reported by
+    /// [`cause`](Context::cause) when the deadline passes (Go's `WithDeadlineCause`).
+    #[doc(alias = "WithDeadlineCause")]
+    pub fn with_deadline_cause<E>(&self, deadline: Instant, cause: E) -> (Context, CancelHandle)
+    where
+        E: core::error::Error + Send + Sync + 'static,
+    {
+        self.deadline_child(deadline, Some(Box::new(cause)))
+    }
+
+    /// A child that is done `timeout` from now on the tree's clock (Go's
+    /// `context.WithTimeout`). `Duration::MAX` saturates to a deadline never reached.
+    ///
+    /// # Panics
+    /// Without `std`, if the tree has no clock (its root was not made by
+    /// [`with_clock`](Context::with_clock)).
+    #[doc(alias = "WithTimeout")]
+    pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
+        let deadline = self.now() + timeout;
+        self.deadline_child(deadline, None)
+    }
+
+    /// [`with_timeout`](Context::with_timeout) with a cause (Go's `WithTimeoutCause`).
+    #[doc(alias = "WithTimeoutCause")]
+    pub fn with_timeout_cause<E>(&self, timeout: Duration, cause: E) -> (Context, CancelHandle)
+    where
+        E: core::error::Error + Send + Sync + 'static,
+    {
+        let deadline = self.now() + timeout;
+        self.deadline_child(deadline, Some(Box::new(cause)))
+    }
+
+    fn now(&self) -> Instant {
+        self.clock()
+            .expect("kontext: this context tree has no clock (use Context::with_clock)")
+            .now()
+    }
+
+    fn deadline_child(
+        &self,
+        deadline: Instant,
+        cause: Option<Box<Cause>>,
+    ) -> (Context, CancelHandle) {
+        let own = deadline.as_nanos();
+        let inherited = self.deadline().map_or(u64::MAX, Instant::as_nanos);
+        let d = if own < inherited {
+            let clock = self
+                .clock()
+                .expect("kontext: this context tree has no clock (use Context::with_clock)");
+            Some((own, clock, cause))
+        } else {
+            None // the parent's deadline is sooner: this is just a cancellable child (as Go)
+        };
+        CancelHandle::new(tree::new_cancel(self.header(), d))
+    }
+
+    /// A child carrying `value`, found by [`value::<T>()`](Context::value) here and below
+    /// (Go's `context.WithValue`, with the type as the key: no collisions between
+    /// packages). It shares the parent's cancellation and deadline; it cannot be cancelled
+    /// on its own.
+    #[doc(alias = "WithValue")]
+    pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
+        Context::from_node(tree::new_value(self.header(), value))
+    }
+
+    /// A child that keeps the parent's values (and clock) but is never cancelled by it and
+    /// has no deadline from it (Go's `context.WithoutCancel`), for work that must outlive
+    /// the request, such as an audit write.
+    #[doc(alias = "WithoutCancel")]
+    pub fn detached(&self) -> Context {
+        let clock = self.header().and_then(Header::clock);
+        Context::from_node(tree::new_clock(self.header(), clock))
+    }
+
+    /// Runs `f` once when the context is done (Go's `context.AfterFunc`), on the thread
+    /// that cancels it (or observes its deadline), or right now if it already is done.
+    ///
+    /// The registration keeps the context alive until `f` runs or
+    /// [`OnCancel::stop`] is called; dropping the [`OnCancel`] does not stop it. With
+    /// `std`, a panic in `f` is caught so the rest of the tree is still cancelled and every
+    /// other callback runs; the canceller then resumes the first panic.
+    #[doc(alias = "AfterFunc")]
+    pub fn on_cancel<F: FnOnce() + Send + 'static>(&self, f: F) -> OnCancel {
+        match self.header() {
+            None => OnCancel::unregistered(false),
+            Some(h) => match tree::new_callback(h, f) {
+                Some(entry) => OnCancel {
+                    entry: Some(entry),
+                    local: AtomicUsize::new(0),
+                },
+                // Not registered: it ran at once (done context) or never can (no cancel).
+                None => OnCancel::unregistered(h.state_src().is_some()),
+            },
+        }
+    }
+
+    /// A future that completes when the context is done (Go's `<-ctx.Done()`).
+    #[doc(alias = "Done")]
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled::new(self)
+    }
+
+    /// Like [`cancelled`](Context::cancelled), owning a clone of the context (`'static`).
+    pub fn cancelled_owned(&self) -> CancelledOwned {
+        CancelledOwned::new(self.clone())
+    }
+
+    /// Runs `future` until it completes (`Ok`) or the context is done (`Err(reason)`).
+    pub fn run_until_cancelled<F: core::future::Future>(
+        &self,
+        future: F,
+    ) -> RunUntilCancelled<'_, F> {
+        RunUntilCancelled::new(self, future)
+    }
+
+    /// Yields `stream`'s items as `Ok` until the context is done, then `Err(reason)` once.
+    pub fn stream_until_cancelled<S: futures_core::Stream>(
+        &self,
+        stream: S,
+    ) -> StreamUntilCancelled<'_, S> {
+        StreamUntilCancelled::new(self, stream)
+    }
+}
+
+#[cfg(feature = "alloc")]
+fn default_clock() -> Option<&'static dyn Clock> {
+    #[cfg(feature = "std")]
+    return Some(crate::time::StdClock::STATIC);
+    #[cfg(not(feature = "std"))]
+    None
+}
+
+impl Clone for Context {
+    fn clone(&self) -> Self {
+        #[cfg(feature = "alloc")]
+        if let Some(h) = self.header() {
+            tree::acquire_handle(h.link());
+        }
+        Context { node: self.node }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        #[cfg(feature = "alloc")]
+        if let Some(p) = self.node {
+            // SAFETY: we own one handle.
+            unsafe { tree::release_handle(p.cast::<Link>()) };
+        }
+    }
+}
+
+impl Default for Context {
+    /// [`Context::background`].
+    fn default() -> Self {
+        Context::background()
+    }
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Context");
+        #[cfg(feature = "alloc")]
+        match self.header() {
+            None => {
+                d.field("background", &true);
+            }
+            Some(h) => {
+                d.field("kind", &h.kind())
+                    .field("err", &self.err())
+                    .field("deadline", &h.deadline());
+            }
+        }
+        #[cfg(not(feature = "alloc"))]
+        d.field("background", &true);
+        d.finish()
+    }
+}
+
+/// Cancels its context: explicitly, or when dropped (Go's `CancelFunc`, without the leak).
+///
+/// Returned by [`Context::child`] and the deadline constructors. Keep it for as long as the
+/// work should be allowed to run; to let the context live on until its parent is done,
+/// [`disarm`](CancelHandle::disarm) it.
+#[cfg(feature = "alloc")]
+#[must_use = "dropping a CancelHandle cancels its context at once"]
+#[doc(alias = "CancelFunc")]
+#[doc(alias = "CancelCauseFunc")]
+pub struct CancelHandle {
+    node: NonNull<CancelNode>,
+    armed: bool,
+}
+
+// SAFETY: as for `Context`: a counted reference to a thread-safe node.
+#[cfg(feature = "alloc")]
+unsafe impl Send for CancelHandle {}
+// SAFETY: as above.
+#[cfg(feature = "alloc")]
+unsafe impl Sync for CancelHandle {}
+
+#[cfg(feature = "alloc")]
+impl CancelHandle {
+    fn new(node: NonNull<CancelNode>) -> (Context, CancelHandle) {
+        // `new_cancel` returned two handles: one each.
+        (
+            Context::from_node(node.cast()),
+            CancelHandle { node, armed: true },
+        )
+    }
+
+    fn node(&self) -> &CancelNode {
+        // SAFETY: we own a handle.
+        unsafe { self.node.as_ref() }
+    }
+
+    /// Cancels the context and every descendant with [`Error::Cancelled`]. Returns `true`
+    /// if this call did it, `false` if the context was already done (the first wins).
+    ///
+    /// Runs the subtree's [`on_cancel`](Context::on_cancel) callbacks and wakes its
+    /// waiters before returning.
+    pub fn cancel(&self) -> bool {
+        tree::cancel(self.node, tree::cancel_state(Error::Cancelled, None))
+    }
+
+    /// Cancels with a cause that [`Context::cause`] reports here and in every descendant
+    /// (Go's `CancelCauseFunc`). The first cancel wins; later causes are dropped.
+    pub fn cancel_with_cause<E>(&self, cause: E) -> bool
+    where
+        E: core::error::Error + Send + Sync + 'static,
+    {
+        if self.node().header().is_done() {
+            return false; // don't allocate a record that would lose anyway
+        }
+        tree::cancel(
+            self.node,
+            tree::cancel_state(Error::Cancelled, Some(Box::new(cause))),
+        )
+    }
+
+    /// Whether the context is done.
+    pub fn is_cancelled(&self) -> bool {
+        self.node().header().is_done()
+    }
+
+    /// Another handle on the context this cancels.
+    pub fn context(&self) -> Context {
+        tree::acquire_handle(self.node().header().link());
+        Context::from_node(self.node.cast())
+    }
+
+    /// Gives up the right to cancel without cancelling: the context then ends with its
+    /// parent (or lives while referenced). Returns the context.
+    pub fn disarm(mut self) -> Context {
+        self.armed = false;
+        self.context()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for CancelHandle {
+    fn drop(&mut self) {
+        if self.armed {
+            self.cancel();
+        }
+        // SAFETY: we own one handle.
+        unsafe { tree::release_handle(self.node.cast::<Link>()) };
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("armed", &self.armed)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
+/// A callback registered with [`Context::on_cancel`] (Go's `AfterFunc` `stop` function).
+///
+/// Dropping it leaves the callback registered.
+#[cfg(feature = "alloc")]
+#[must_use = "dropping OnCancel keeps the callback registered; call stop() to unregister"]
+pub struct OnCancel {
+    entry: Option<NonNull<Link>>,
+    /// Without an entry: `LOCAL_*` below.
+    local: AtomicUsize,
+}
+
+#[cfg(feature = "alloc")]
+const LOCAL_NEVER: usize = 0;
+#[cfg(feature = "alloc")]
+const LOCAL_RAN: usize = 1;
+#[cfg(feature = "alloc")]
+const LOCAL_STOPPED: usize = 2;
+
+// SAFETY: the entry is shared through atomics; the closure is `Send` and runs once.
+#[cfg(feature = "alloc")]
+unsafe impl Send for OnCancel {}
+// SAFETY: as above; `&OnCancel` only reads the atomic state.
+#[cfg(feature = "alloc")]
+unsafe impl Sync for OnCancel {}
+
+#[cfg(feature = "alloc")]
+impl OnCancel {
+    fn unregistered(ran: bool) -> OnCancel {
+        OnCancel {
+            entry: None,
+            local: AtomicUsize::new(if ran { LOCAL_RAN } else { LOCAL_NEVER }),
+        }
+    }
+
+    /// Unregisters the callback. `true` if that stopped it from running; `false` if it
+    /// already ran, is running, or was stopped before (Go's `stop()`).
+    pub fn stop(&self) -> bool {
+        match self.entry {
+            // SAFETY: we hold a handle on the entry.
+            Some(l) => unsafe { tree::stop_callback(l) },
+            // Never registered: it ran at registration, or can never run and the first
+            // stop "stops" it (as Go's stop on `AfterFunc(Background, f)`).
+            // Relaxed: a local flag, nothing else is published.
+            None => self
+                .local
+                .compare_exchange(LOCAL_NEVER, LOCAL_STOPPED, Relaxed, Relaxed)
+                .is_ok(),
+        }
+    }
+
+    /// Whether the callback has run (or started running).
+    pub fn has_run(&self) -> bool {
+        match self.entry {
+            // SAFETY: we hold a handle on the entry.
+            Some(l) => unsafe { tree::callback_ran(l) },
+            // Relaxed: as in `stop`.
+            None => self.local.load(Relaxed) == LOCAL_RAN,
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for OnCancel {
+    fn drop(&mut self) {
+        if let Some(l) = self.entry {
+            // SAFETY: we own one handle on the entry.
+            unsafe { tree::release_handle(l) };
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for OnCancel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnCancel")
+            .field("has_run", &self.has_run())
+            .finish()
+    }
+}

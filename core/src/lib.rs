@@ -1,0 +1,36 @@
+#![doc = include_str!("../README.md")]
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+mod context;
+mod error;
+mod sync;
+mod time;
+#[cfg(feature = "alloc")]
+mod tree;
+#[cfg(feature = "alloc")]
+mod wait;
+
+pub use crate::context::Context;
+#[cfg(feature = "alloc")]
+pub use crate::context::{CancelHandle, OnCancel};
+pub use crate::error::{Cause, Error};
+#[cfg(any(loom, target_has_atomic = "64"))]
+pub use crate::time::ManualClock;
+#[cfg(feature = "std")]
+pub use crate::time::StdClock;
+pub use crate::time::{Clock, Instant};
+#[cfg(feature = "alloc")]
+pub use crate::wait::{Cancelled, CancelledOwned, RunUntilCancelled, StreamUntilCancelled};
+
+/// Sizes of the heap nodes, in bytes, for documentation and benchmarks.
+#[cfg(feature = "alloc")]
+#[doc(hidden)]
+pub fn __node_sizes() -> [(&'static str, usize); 4] {
+    tree::node_sizes()
+}

@@ -1,0 +1,160 @@
+//! The only source of atomics, `UnsafeCell` and locks in the crate.
+//!
+//! Three worlds, one import path (`crate::sync`):
+//! - `core::sync::atomic` on targets with pointer-sized compare-and-swap;
+//! - `portable-atomic` on chips without it (thumbv6m): the final binary picks the
+//!   `critical-section` implementation, this library never does;
+//! - `loom` under `--cfg loom`, so the models in `tests/loom.rs` explore every interleaving.
+
+/// 64-bit atomics exist natively only on some targets; the manual clock needs them.
+#[cfg(all(not(loom), target_has_atomic = "64"))]
+pub(crate) use core::sync::atomic::AtomicU64;
+#[cfg(all(not(loom), target_has_atomic = "ptr"))]
+pub(crate) use core::sync::atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{fence, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+#[cfg(all(not(loom), not(target_has_atomic = "ptr")))]
+pub(crate) use portable_atomic::{fence, AtomicPtr, AtomicUsize, Ordering};
+
+/// `UnsafeCell` with loom's checked access API on every build.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T: ?Sized>(core::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+#[allow(dead_code)]
+impl<T> UnsafeCell<T> {
+    pub(crate) const fn new(value: T) -> Self {
+        Self(core::cell::UnsafeCell::new(value))
+    }
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+    #[inline]
+    pub(crate) fn with<R>(&self, f: impl FnOnce(*const T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// Tells the processor (or loom's scheduler) that this thread is spinning.
+#[inline]
+#[allow(dead_code)]
+pub(crate) fn spin_hint() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(all(not(loom), feature = "std"))]
+    std::thread::yield_now();
+    #[cfg(all(not(loom), not(feature = "std")))]
+    core::hint::spin_loop();
+}
+
+/// A mutual-exclusion lock used only by wait lists (never on the cancel, create, drop,
+/// check or lookup paths): std's `Mutex` with `std`, loom's under loom, otherwise a small
+/// test-and-test-and-set spin lock.
+#[cfg(feature = "alloc")]
+pub(crate) use self::mutex::Mutex;
+
+#[cfg(all(feature = "alloc", loom))]
+mod mutex {
+    #[derive(Debug)]
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+    impl<T> Mutex<T> {
+        pub(crate) fn new(v: T) -> Self {
+            Self(loom::sync::Mutex::new(v))
+        }
+        pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
+            self.0.lock().unwrap()
+        }
+    }
+}
+
+#[cfg(all(feature = "std", not(loom)))]
+mod mutex {
+    extern crate std;
+    #[derive(Debug)]
+    pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
+    impl<T> Mutex<T> {
+        pub(crate) fn new(v: T) -> Self {
+            Self(std::sync::Mutex::new(v))
+        }
+        pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+            // A panic while holding the lock cannot leave the list inconsistent (every
+            // critical section is panic-free), so poisoning is ignored.
+            self.0.lock().unwrap_or_else(|e| e.into_inner())
+        }
+    }
+}
+
+#[cfg(all(feature = "alloc", not(feature = "std"), not(loom)))]
+mod mutex {
+    use super::Ordering;
+    use core::cell::UnsafeCell;
+    use core::ops::{Deref, DerefMut};
+
+    #[cfg(target_has_atomic = "ptr")]
+    use core::sync::atomic::AtomicBool;
+    #[cfg(not(target_has_atomic = "ptr"))]
+    use portable_atomic::AtomicBool;
+
+    #[derive(Debug)]
+    pub(crate) struct Mutex<T> {
+        locked: AtomicBool,
+        value: UnsafeCell<T>,
+    }
+
+    // SAFETY: access to `value` is serialised by `locked` (acquire on lock, release on
+    // unlock), exactly like `std::sync::Mutex`.
+    unsafe impl<T: Send> Sync for Mutex<T> {}
+    // SAFETY: as above; moving the lock moves the value.
+    unsafe impl<T: Send> Send for Mutex<T> {}
+
+    pub(crate) struct Guard<'a, T>(&'a Mutex<T>);
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(v: T) -> Self {
+            Self {
+                locked: AtomicBool::new(false),
+                value: UnsafeCell::new(v),
+            }
+        }
+        pub(crate) fn lock(&self) -> Guard<'_, T> {
+            loop {
+                // Acquire: pairs with the Release store in `Guard::drop`, so the previous
+                // holder's writes to `value` are visible.
+                if self
+                    .locked
+                    .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return Guard(self);
+                }
+                // Relaxed: only a hint to retry; the CAS above does the synchronising.
+                while self.locked.load(Ordering::Relaxed) {
+                    core::hint::spin_loop();
+                }
+            }
+        }
+    }
+    impl<T> Deref for Guard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            // SAFETY: the guard proves we hold the lock.
+            unsafe { &*self.0.value.get() }
+        }
+    }
+    impl<T> DerefMut for Guard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            // SAFETY: the guard proves we hold the lock, and `&mut self` makes it unique.
+            unsafe { &mut *self.0.value.get() }
+        }
+    }
+    impl<T> Drop for Guard<'_, T> {
+        fn drop(&mut self) {
+            // Release: publishes our writes to `value` to the next Acquire in `lock`.
+            self.0.locked.store(false, Ordering::Release);
+        }
+    }
+}

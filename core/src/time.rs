@@ -1,0 +1,232 @@
+//! Time as the core sees it: monotonic [`Instant`]s read from a [`Clock`].
+//!
+//! The core never arms a timer. A deadline is a number compared with `clock.now()` when
+//! somebody looks (`is_cancelled`, `err`, polling a wait): expiry is observed lazily, and
+//! the runtime adapters arm one timer only for a task that actually waits.
+//!
+//! # Invariants
+//! 1. An [`Instant`] is a count of nanoseconds on one clock's timeline; instants from
+//!    different clocks are not comparable. A context tree uses the clock of its root.
+//! 2. `Instant::NEVER` (`u64::MAX`) means "no deadline"; every arithmetic result saturates
+//!    below it, so `now + Duration::MAX` is a real (far-future) deadline, never "none" and
+//!    never an overflow.
+
+use core::fmt;
+use core::time::Duration;
+
+/// A point on a [`Clock`]'s monotonic timeline, in nanoseconds since the clock's epoch.
+///
+/// Arithmetic saturates: adding `Duration::MAX` gives [`Instant::FAR_FUTURE`], a deadline
+/// that is never reached, instead of overflowing.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Instant(u64);
+
+impl Instant {
+    /// The clock's epoch.
+    pub const ZERO: Instant = Instant(0);
+    /// The latest representable instant; deadlines saturate here and are never reached.
+    pub const FAR_FUTURE: Instant = Instant(u64::MAX - 1);
+    /// Internal marker for "no deadline" (invariant 2).
+    pub(crate) const NEVER: u64 = u64::MAX;
+
+    /// An instant `nanos` nanoseconds after the clock's epoch (saturating at
+    /// [`Instant::FAR_FUTURE`]).
+    pub const fn from_nanos(nanos: u64) -> Self {
+        if nanos > Self::FAR_FUTURE.0 {
+            Self::FAR_FUTURE
+        } else {
+            Instant(nanos)
+        }
+    }
+
+    /// Nanoseconds since the clock's epoch.
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// `self + d`, saturating at [`Instant::FAR_FUTURE`].
+    pub fn saturating_add(self, d: Duration) -> Self {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Self::from_nanos(self.0.saturating_add(nanos))
+    }
+
+    /// `self + d`, or `None` if that is past [`Instant::FAR_FUTURE`].
+    pub fn checked_add(self, d: Duration) -> Option<Self> {
+        let nanos = u64::try_from(d.as_nanos()).ok()?;
+        let sum = self.0.checked_add(nanos)?;
+        (sum <= Self::FAR_FUTURE.0).then_some(Instant(sum))
+    }
+
+    /// The time from `earlier` to `self`, or zero if `earlier` is later.
+    pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl fmt::Debug for Instant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Self::FAR_FUTURE {
+            f.write_str("Instant(far future)")
+        } else {
+            write!(f, "Instant({:?})", Duration::from_nanos(self.0))
+        }
+    }
+}
+
+impl core::ops::Add<Duration> for Instant {
+    type Output = Instant;
+    /// Saturating, like [`Instant::saturating_add`].
+    fn add(self, d: Duration) -> Instant {
+        self.saturating_add(d)
+    }
+}
+
+/// A monotonic clock: the one source of "now" for a context tree's deadlines.
+///
+/// Implemented by the runtime adapters (tokio's pausable clock, embassy-time) and here by
+/// [`StdClock`] and [`ManualClock`]. A tree takes its clock from its root
+/// ([`Context::with_clock`](crate::Context::with_clock)); deadlines derived below it are
+/// measured on that clock.
+///
+/// `now` must never go backwards, and should be cheap: it is read on every
+/// `is_cancelled()` of a context that has a deadline.
+pub trait Clock: Send + Sync + 'static {
+    /// The current instant.
+    fn now(&self) -> Instant;
+}
+
+impl fmt::Debug for dyn Clock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dyn Clock")
+    }
+}
+
+/// The default clock with `std`: `std::time::Instant`, counted from the first use.
+#[cfg(feature = "std")]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdClock;
+
+#[cfg(feature = "std")]
+impl StdClock {
+    /// A `&'static` handle, for [`Context::with_clock`](crate::Context::with_clock).
+    pub const STATIC: &'static StdClock = &StdClock;
+
+    fn epoch() -> std::time::Instant {
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *EPOCH.get_or_init(std::time::Instant::now)
+    }
+
+    /// The [`Instant`] on this clock that corresponds to a `std::time::Instant`
+    /// (saturating at the epoch for earlier instants).
+    pub fn instant_from_std(at: std::time::Instant) -> Instant {
+        Instant::ZERO.saturating_add(at.saturating_duration_since(Self::epoch()))
+    }
+}
+
+#[cfg(feature = "std")]
+impl Clock for StdClock {
+    fn now(&self) -> Instant {
+        Self::instant_from_std(std::time::Instant::now())
+    }
+}
+
+/// A clock that moves only when told: deterministic deadlines in tests.
+///
+/// ```
+/// use core::time::Duration;
+/// use kontext::{Context, ManualClock};
+///
+/// static CLOCK: ManualClock = ManualClock::new();
+/// let root = Context::with_clock(&CLOCK);
+/// let (ctx, _guard) = root.with_timeout(Duration::from_secs(5));
+/// assert!(!ctx.is_cancelled());
+/// CLOCK.advance(Duration::from_secs(5));
+/// assert!(ctx.is_cancelled()); // observed at the check, no timer involved
+/// ```
+#[cfg(any(loom, target_has_atomic = "64"))]
+#[derive(Debug)]
+pub struct ManualClock {
+    nanos: crate::sync::AtomicU64,
+}
+
+#[cfg(any(loom, target_has_atomic = "64"))]
+impl ManualClock {
+    /// A clock standing at [`Instant::ZERO`].
+    #[cfg(not(loom))]
+    pub const fn new() -> Self {
+        Self {
+            nanos: crate::sync::AtomicU64::new(0),
+        }
+    }
+    /// A clock standing at [`Instant::ZERO`].
+    #[cfg(loom)]
+    pub fn new() -> Self {
+        Self {
+            nanos: crate::sync::AtomicU64::new(0),
+        }
+    }
+
+    /// Moves the clock forward by `d` (saturating).
+    pub fn advance(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        // Relaxed: a clock reading publishes no other memory; the tree's own atomics
+        // order everything that depends on an observed expiry.
+        let _ = self.nanos.fetch_update(
+            crate::sync::Ordering::Relaxed,
+            crate::sync::Ordering::Relaxed,
+            |n| Some(n.saturating_add(nanos).min(Instant::FAR_FUTURE.0)),
+        );
+    }
+
+    /// Sets the clock to `at`; a clock never goes backwards, so an earlier `at` is ignored.
+    pub fn set(&self, at: Instant) {
+        // Relaxed: as in `advance`.
+        self.nanos.fetch_max(at.0, crate::sync::Ordering::Relaxed);
+    }
+}
+
+#[cfg(any(loom, target_has_atomic = "64"))]
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(any(loom, target_has_atomic = "64"))]
+impl Clock for ManualClock {
+    fn now(&self) -> Instant {
+        // Relaxed: see `advance`.
+        Instant(self.nanos.load(crate::sync::Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saturating_arithmetic() {
+        assert_eq!(Instant::ZERO + Duration::MAX, Instant::FAR_FUTURE);
+        assert_eq!(Instant::from_nanos(u64::MAX), Instant::FAR_FUTURE);
+        assert_eq!(Instant::ZERO.checked_add(Duration::MAX), None);
+        assert_eq!(
+            Instant::from_nanos(5).checked_add(Duration::from_nanos(5)),
+            Some(Instant::from_nanos(10))
+        );
+        assert_eq!(
+            Instant::from_nanos(5).saturating_duration_since(Instant::from_nanos(9)),
+            Duration::ZERO
+        );
+    }
+
+    #[cfg(not(loom))]
+    #[test]
+    fn manual_clock_is_monotonic() {
+        let c = ManualClock::new();
+        c.advance(Duration::from_nanos(10));
+        c.set(Instant::from_nanos(3));
+        assert_eq!(c.now(), Instant::from_nanos(10));
+        c.advance(Duration::MAX);
+        assert_eq!(c.now(), Instant::FAR_FUTURE);
+    }
+}

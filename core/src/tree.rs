@@ -1,0 +1,1252 @@
+//! The cancellation tree: node layouts, lock-free registration of children with their
+//! parent, cancel propagation, lazy deadline expiry and reclamation.
+//!
+//! # Design
+//!
+//! Every derived context is one heap node. Only *cancel nodes* (from `child()` and the
+//! deadline constructors) have cancellation state of their own; value, clock and detached
+//! nodes point at the nearest cancel node above them (`state_src`) and at the nearest node
+//! that defines time (`time_src`), so `is_cancelled()` is one atomic load of
+//! `state_src.state` (plus one clock read when there is a deadline), whatever the depth.
+//!
+//! A cancel node registers with its `state_src` owner in a *slot table* (`Side`): an
+//! inline first chunk plus geometrically growing chunks that are never freed before the
+//! owner, and a tagged Treiber free list of slot indexes. Registration pops (or bumps) an
+//! index and stores the child's pointer; unregistration (last handle dropped) CASes the
+//! pointer back to null and pushes the index. Cancel walks the table and *swaps* each
+//! pointer out, so exactly one of {walker, unregistering child} owns the registration.
+//! On-cancel callbacks are table entries too (Go's `afterFuncCtx`).
+//!
+//! # Invariants
+//!
+//! 1. `Link::refs == handles * HANDLE + mem`, where `mem` has bit `MEM_COLLECTIVE` while
+//!    `handles > 0` and bit `MEM_REGISTERED` while a table slot holds the pointer. The
+//!    node's memory is freed exactly when `refs` reaches 0. Handles never come back from
+//!    zero: only a live handle can make another.
+//! 2. A node holds one handle on its `parent` (callbacks: on their owner) until it is
+//!    freed, so every ancestor outlives it: `state_src`, `time_src`, `values` and the
+//!    owner's table may be dereferenced through any live node.
+//! 3. A slot's pointer is written once by the registrant (fresh index from the free list
+//!    or the bump counter) and cleared once, either by the unregistering node
+//!    (`compare_exchange(node, null)`, after which it pushes the index to the free list) or
+//!    by a cancel walker (`swap(null)`, which takes over the `MEM_REGISTERED` reference;
+//!    such indexes are never reused). Chunks live until the owner is freed.
+//! 4. A cancel node's `state` goes from `LIVE` to a final value exactly once (CAS). The
+//!    winner of that CAS, and only it, walks the node's table.
+//! 5. Registration stores the slot (SeqCst) and then loads the owner's state (SeqCst);
+//!    cancel stores the state (SeqCst) and then reads the table length and slots (SeqCst).
+//!    By the single total order of SeqCst operations, either the walker sees the child, or
+//!    the child sees the owner cancelled and cancels itself: no child is missed.
+//! 6. Waiters: the walker stores the state, then loads `side` (SeqCst) and, if present,
+//!    closes the wait list under its lock. A waiter installs `side` (SeqCst), links itself
+//!    under the lock (or sees the list closed), then reloads the state (SeqCst). Either the
+//!    walker finds it linked, or it sees the state: no wake-up is lost.
+//! 7. Cancellation and drop walk the tree iteratively: the cancel walk is a depth-first
+//!    traversal that returns to a node's owner through `parent.state_src` and resumes at
+//!    `slot + 1`; frees cascade up the parent chain in a loop. A million-deep chain needs
+//!    no stack.
+//!
+//! # Deadlock safety
+//!
+//! The only lock is a wait list's (held for O(waiters) while waking, never while taking
+//! another lock or running user code other than `Waker::wake`).
+
+use alloc::boxed::Box;
+use core::any::TypeId;
+use core::mem::ManuallyDrop;
+use core::ptr::{self, NonNull};
+
+use crate::error::{Cause, Error};
+use crate::sync::{fence, AtomicPtr, AtomicUsize, Mutex, Ordering::*, UnsafeCell};
+use crate::time::{Clock, Instant};
+use crate::wait::WaitList;
+
+// ---------------------------------------------------------------------------------------
+// Reference counts (invariant 1)
+
+pub(crate) const MEM_COLLECTIVE: usize = 1;
+pub(crate) const MEM_REGISTERED: usize = 2;
+pub(crate) const HANDLE: usize = 4;
+const MAX_REFS: usize = isize::MAX as usize;
+pub(crate) const NO_SLOT: u32 = u32::MAX;
+
+// ---------------------------------------------------------------------------------------
+// Cancel states (invariant 4). Small integers below the alignment of `CauseRecord`;
+// anything else is a pointer to a boxed record owned by the node.
+
+pub(crate) const LIVE: usize = 0;
+const CANCELLED: usize = 1;
+const DEADLINE: usize = 2;
+/// Deadline exceeded; the cause is the deadline's own (`TimeExt::cause`).
+const DEADLINE_OWN_CAUSE: usize = 3;
+/// Cancelled because the owner was; the reason is `Cancelled`, the cause is the owner's.
+const INH_CANCELLED: usize = 4;
+/// As above with `DeadlineExceeded`.
+const INH_DEADLINE: usize = 5;
+const SENTINEL_LIMIT: usize = 8;
+
+// Callback states.
+const CB_PENDING: usize = 0;
+const CB_RUN: usize = 1;
+const CB_STOPPED: usize = 2;
+
+pub(crate) struct CauseRecord {
+    reason: Error,
+    cause: Box<Cause>,
+}
+
+fn sentinel(v: usize) -> *mut CauseRecord {
+    ptr::without_provenance_mut(v)
+}
+
+fn is_record(p: *mut CauseRecord) -> bool {
+    p.addr() >= SENTINEL_LIMIT
+}
+
+// ---------------------------------------------------------------------------------------
+// Layouts
+
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Kind {
+    Cancel,
+    Deadline,
+    Value,
+    Clock,
+    Callback,
+}
+
+/// The prefix shared by everything a slot table can point at.
+#[repr(C)]
+pub(crate) struct Link {
+    refs: AtomicUsize,
+    kind: Kind,
+    /// Index in the owner's table, or `NO_SLOT`. Written before the link is published.
+    slot: u32,
+}
+
+/// The prefix of every context node.
+#[repr(C)]
+pub(crate) struct Header {
+    link: Link,
+    parent: Option<NonNull<Header>>,
+    state_src: Option<NonNull<CancelNode>>,
+    time_src: Option<NonNull<Header>>,
+    values: Option<NonNull<Header>>,
+}
+
+#[repr(C)]
+pub(crate) struct CancelNode {
+    header: Header,
+    state: AtomicPtr<CauseRecord>,
+    side: AtomicPtr<Side>,
+}
+
+pub(crate) struct TimeExt {
+    deadline: u64,
+    clock: &'static dyn Clock,
+    cause: Option<Box<Cause>>,
+}
+
+#[repr(C)]
+struct DeadlineNode {
+    node: CancelNode,
+    time: TimeExt,
+}
+
+#[repr(C)]
+struct ClockNode {
+    header: Header,
+    time: TimeExt,
+}
+
+#[repr(C)]
+struct ValueHead {
+    header: Header,
+    type_id: TypeId,
+    drop: unsafe fn(NonNull<Header>),
+}
+
+#[repr(C)]
+struct ValueNode<T> {
+    head: ValueHead,
+    value: T,
+}
+
+#[repr(C)]
+struct CallbackHead {
+    link: Link,
+    state: AtomicUsize,
+    /// A handle on the cancel node whose table holds this entry (invariant 2).
+    owner: NonNull<CancelNode>,
+    /// Runs the callback (moving it out) when `run` is true, else drops it; then frees.
+    finish: unsafe fn(NonNull<Link>, bool),
+}
+
+#[repr(C)]
+struct CallbackEntry<F> {
+    head: CallbackHead,
+    f: UnsafeCell<ManuallyDrop<F>>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The slot table (invariant 3)
+
+#[cfg(not(loom))]
+const BASE: usize = 8;
+#[cfg(not(loom))]
+const NCHUNKS: usize = 24;
+#[cfg(loom)]
+const BASE: usize = 2;
+#[cfg(loom)]
+const NCHUNKS: usize = 3;
+
+const IDX_BITS: u32 = usize::BITS / 2;
+const IDX_MASK: usize = (1 << IDX_BITS) - 1;
+const TAG_ONE: usize = 1 << IDX_BITS;
+
+struct Slot {
+    ptr: AtomicPtr<Link>,
+    /// Next free index + 1 (0: end), meaningful only while on the free list.
+    next_free: AtomicUsize,
+}
+
+impl Slot {
+    fn new() -> Self {
+        Slot {
+            ptr: AtomicPtr::new(ptr::null_mut()),
+            next_free: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Allocated lazily by a cancel node's first child, callback or waiter.
+pub(crate) struct Side {
+    /// Tagged head: `tag << IDX_BITS | (index + 1)`; the tag changes on every push and pop,
+    /// so a stale head never wins a CAS (no ABA).
+    free: AtomicUsize,
+    /// Indexes ever handed out by bumping.
+    len: AtomicUsize,
+    first: [Slot; BASE],
+    chunks: [AtomicPtr<Slot>; NCHUNKS],
+    pub(crate) waiters: Mutex<WaitList>,
+}
+
+fn chunk_of(idx: usize) -> (usize, usize) {
+    let k = (idx / BASE + 1).ilog2() as usize;
+    (k, idx - BASE * ((1 << k) - 1))
+}
+
+fn chunk_len(k: usize) -> usize {
+    BASE << k
+}
+
+const CAPACITY: usize = {
+    let cap = BASE * ((1 << (NCHUNKS + 1)) - 1);
+    if cap < IDX_MASK - 1 {
+        cap
+    } else {
+        IDX_MASK - 1
+    }
+};
+
+impl Side {
+    fn new() -> Self {
+        Side {
+            free: AtomicUsize::new(0),
+            len: AtomicUsize::new(0),
+            first: core::array::from_fn(|_| Slot::new()),
+            chunks: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            waiters: Mutex::new(WaitList::new()),
+        }
+    }
+
+    fn slot(&self, idx: usize) -> Option<&Slot> {
+        let (k, off) = chunk_of(idx);
+        if k == 0 {
+            return Some(&self.first[off]);
+        }
+        // Acquire: pairs with the AcqRel CAS in `ensure_chunk`, so the chunk's slots are
+        // initialised before we touch them.
+        let p = self.chunks[k - 1].load(Acquire);
+        // SAFETY: a non-null chunk pointer points at `chunk_len(k)` slots that live as long
+        // as `self` (invariant 3), and `off < chunk_len(k)` by construction of `chunk_of`.
+        (!p.is_null()).then(|| unsafe { &*p.add(off) })
+    }
+
+    fn ensure_chunk(&self, idx: usize) {
+        let (k, _) = chunk_of(idx);
+        if k == 0 {
+            return;
+        }
+        let cell = &self.chunks[k - 1];
+        // Acquire: as in `slot`.
+        if !cell.load(Acquire).is_null() {
+            return;
+        }
+        let chunk: Box<[Slot]> = (0..chunk_len(k)).map(|_| Slot::new()).collect();
+        let raw = Box::into_raw(chunk) as *mut Slot;
+        // AcqRel: Release publishes the initialised chunk to `slot`'s Acquire; Acquire on
+        // failure makes the winner's chunk visible to us.
+        if cell
+            .compare_exchange(ptr::null_mut(), raw, AcqRel, Acquire)
+            .is_err()
+        {
+            // SAFETY: `raw` came from `Box::into_raw` of a slice of this length just above
+            // and was never shared.
+            drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(raw, chunk_len(k))) });
+        }
+    }
+
+    /// A slot index for a new registration.
+    fn claim(&self) -> usize {
+        if let Some(idx) = self.pop_free() {
+            return idx;
+        }
+        // SeqCst: the walker's SeqCst load of `len` must see every index whose slot store
+        // precedes its state CAS in the total order (invariant 5).
+        let idx = self.len.fetch_add(1, SeqCst);
+        if idx >= CAPACITY {
+            self.len.fetch_sub(1, SeqCst);
+            panic!("kontext: too many live children registered with one context");
+        }
+        self.ensure_chunk(idx);
+        idx
+    }
+
+    fn pop_free(&self) -> Option<usize> {
+        // Acquire: pairs with the Release CAS in `push_free`, making `next_free` visible.
+        let mut head = self.free.load(Acquire);
+        loop {
+            let top = head & IDX_MASK;
+            if top == 0 {
+                return None;
+            }
+            let slot = self.slot(top - 1).expect("free slots are allocated");
+            // Relaxed: published by the Acquire above; if the slot was popped and pushed
+            // again meanwhile, the tag makes the CAS below fail.
+            let next = slot.next_free.load(Relaxed);
+            let new = (head & !IDX_MASK).wrapping_add(TAG_ONE) | next;
+            // Acquire on both outcomes: as for the initial load.
+            match self.free.compare_exchange_weak(head, new, Acquire, Acquire) {
+                Ok(_) => return Some(top - 1),
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    fn push_free(&self, idx: usize) {
+        let slot = self.slot(idx).expect("registered slots are allocated");
+        // Relaxed: the CAS below publishes `next_free`; the head value itself is re-checked.
+        let mut head = self.free.load(Relaxed);
+        loop {
+            slot.next_free.store(head & IDX_MASK, Relaxed);
+            let new = (head & !IDX_MASK).wrapping_add(TAG_ONE) | (idx + 1);
+            // Release: publishes `next_free` to the Acquire in `pop_free`.
+            match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
+                Ok(_) => return,
+                Err(h) => head = h,
+            }
+        }
+    }
+
+    /// The next registered link at or after `*idx`, taken out of its slot (invariant 3).
+    fn take_from(&self, idx: &mut usize) -> Option<NonNull<Link>> {
+        // SeqCst: invariant 5.
+        let len = self.len.load(SeqCst);
+        while *idx < len {
+            let i = *idx;
+            *idx += 1;
+            if let Some(slot) = self.slot(i) {
+                // SeqCst: invariant 5 (a cheap look before the swap).
+                if !slot.ptr.load(SeqCst).is_null() {
+                    if let Some(p) = NonNull::new(slot.ptr.swap(ptr::null_mut(), SeqCst)) {
+                        return Some(p);
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Side {
+    fn drop(&mut self) {
+        for (j, cell) in self.chunks.iter_mut().enumerate() {
+            let p = cell.load(Relaxed); // Relaxed: &mut self, no concurrency left.
+            if !p.is_null() {
+                // SAFETY: allocated by `ensure_chunk` with this length; the owner is being
+                // freed, so nobody else can reach the chunk (invariant 3).
+                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, chunk_len(j + 1))) });
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Node accessors
+
+impl Header {
+    pub(crate) fn kind(&self) -> Kind {
+        self.link.kind
+    }
+
+    pub(crate) fn state_src(&self) -> Option<&CancelNode> {
+        // SAFETY: invariant 2 keeps `state_src` alive as long as `self`.
+        self.state_src.map(|p| unsafe { &*p.as_ptr() })
+    }
+
+    fn time(&self) -> Option<&TimeExt> {
+        // SAFETY: invariant 2 keeps `time_src` alive; its kind says which layout it has.
+        self.time_src.map(|t| unsafe { time_ext(t) })
+    }
+
+    /// The effective deadline (min of the ancestors' and own), if any.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.time()
+            .and_then(|t| (t.deadline != Instant::NEVER).then(|| Instant::from_nanos(t.deadline)))
+    }
+
+    /// The clock deadlines below this node are measured on, if the tree has one.
+    pub(crate) fn clock(&self) -> Option<&'static dyn Clock> {
+        self.time().map(|t| t.clock)
+    }
+
+    /// True once cancelled or past the deadline (observing an expiry cancels its owner).
+    #[inline]
+    pub(crate) fn is_done(&self) -> bool {
+        if let Some(s) = self.state_src() {
+            // Acquire: pairs with the SeqCst CAS in `cancel`, so a `true` here
+            // happens-after the cancel (and its cause record is visible).
+            if s.state.load(Acquire).addr() != LIVE {
+                return true;
+            }
+        }
+        self.check_deadline()
+    }
+
+    #[inline]
+    fn check_deadline(&self) -> bool {
+        match self.time_src {
+            None => false,
+            Some(t) => {
+                // SAFETY: invariant 2.
+                let te = unsafe { time_ext(t) };
+                te.deadline != Instant::NEVER && te.clock.now().as_nanos() >= te.deadline && {
+                    expire(t);
+                    true
+                }
+            }
+        }
+    }
+
+    /// Why the context is done, with its cause; `None` while it is not.
+    pub(crate) fn done(&self) -> Option<(Error, &Cause)> {
+        if let Some(s) = self.state_src() {
+            // Acquire: as in `is_done`.
+            let st = s.state.load(Acquire);
+            if st.addr() != LIVE {
+                return Some(resolve(s, st));
+            }
+        }
+        if self.check_deadline() {
+            let t = self.time_src.expect("a deadline has a time source");
+            // SAFETY: only deadline nodes have deadlines, and they are cancel nodes.
+            let owner = unsafe { &*t.cast::<CancelNode>().as_ptr() };
+            // Acquire: `expire` has returned, so somebody won the owner's CAS; as above.
+            return Some(resolve(owner, owner.state.load(Acquire)));
+        }
+        None
+    }
+
+    pub(crate) fn value<T: 'static>(&self) -> Option<&T> {
+        let want = TypeId::of::<T>();
+        let mut v = self.values;
+        while let Some(p) = v {
+            // SAFETY: `values` chains only point at value nodes (all `ValueHead`-prefixed),
+            // kept alive by invariant 2.
+            let head = unsafe { &*p.cast::<ValueHead>().as_ptr() };
+            if head.type_id == want {
+                // SAFETY: the type id says this is a `ValueNode<T>`.
+                return Some(unsafe { &(*p.cast::<ValueNode<T>>().as_ptr()).value });
+            }
+            // SAFETY: invariant 2.
+            v = head
+                .header
+                .parent
+                .and_then(|par| unsafe { par.as_ref() }.values);
+        }
+        None
+    }
+}
+
+/// # Safety
+/// `t` must be a live node of kind `Deadline` or `Clock`.
+unsafe fn time_ext<'a>(t: NonNull<Header>) -> &'a TimeExt {
+    // SAFETY: the caller guarantees liveness; the kind selects the layout.
+    unsafe {
+        match t.as_ref().link.kind {
+            Kind::Deadline => &(*t.cast::<DeadlineNode>().as_ptr()).time,
+            Kind::Clock => &(*t.cast::<ClockNode>().as_ptr()).time,
+            k => unreachable!("time source of kind {k:?}"),
+        }
+    }
+}
+
+/// Follows inherited states up to the node that was cancelled first.
+fn resolve(mut n: &CancelNode, mut st: *mut CauseRecord) -> (Error, &Cause) {
+    loop {
+        match st.addr() {
+            CANCELLED => return (Error::Cancelled, Error::Cancelled.as_cause()),
+            DEADLINE => return (Error::DeadlineExceeded, Error::DeadlineExceeded.as_cause()),
+            DEADLINE_OWN_CAUSE => {
+                // SAFETY: this state is only stored on deadline nodes.
+                let te = unsafe { time_ext(NonNull::from(&n.header)) };
+                let cause = te.cause.as_deref().expect("state says a cause exists");
+                return (Error::DeadlineExceeded, cause);
+            }
+            INH_CANCELLED | INH_DEADLINE => {
+                n = owner_of(&n.header).expect("an inherited state has an owner");
+                // Acquire: the owner's final state, published by its SeqCst CAS.
+                st = n.state.load(Acquire);
+            }
+            LIVE => unreachable!("resolve on a live node"),
+            _ => {
+                // SAFETY: a record pointer stays valid while its node lives (freed in
+                // `free`), and `n` is alive (invariant 2).
+                let rec = unsafe { &*st };
+                return (rec.reason, &*rec.cause);
+            }
+        }
+    }
+}
+
+/// The cancel node whose table a registered node sits in.
+fn owner_of(h: &Header) -> Option<&CancelNode> {
+    // SAFETY: invariant 2.
+    h.parent.and_then(|p| unsafe { &*p.as_ptr() }.state_src())
+}
+
+impl CancelNode {
+    fn side(&self) -> Option<&Side> {
+        // SeqCst: invariants 5 and 6 (Dekker with `ensure_side`).
+        let p = self.side.load(SeqCst);
+        // SAFETY: a published side lives until the node is freed.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    pub(crate) fn ensure_side(&self) -> &Side {
+        if let Some(s) = self.side() {
+            return s;
+        }
+        let new = Box::into_raw(Box::new(Side::new()));
+        // SeqCst: invariant 6; on failure, Acquire the winner's initialised side.
+        match self
+            .side
+            .compare_exchange(ptr::null_mut(), new, SeqCst, SeqCst)
+        {
+            // SAFETY: just published; lives until the node is freed.
+            Ok(_) => unsafe { &*new },
+            Err(winner) => {
+                // SAFETY: `new` was never shared.
+                drop(unsafe { Box::from_raw(new) });
+                // SAFETY: as above for the winner's.
+                unsafe { &*winner }
+            }
+        }
+    }
+
+    /// SeqCst load of the state, for the Dekker re-checks of invariants 5 and 6.
+    pub(crate) fn is_cancelled_seqcst(&self) -> bool {
+        self.state.load(SeqCst).addr() != LIVE
+    }
+
+    fn inherited_state(&self) -> *mut CauseRecord {
+        // Acquire: the final state published by the owner's CAS.
+        let st = self.state.load(Acquire);
+        let (reason, _) = resolve(self, st);
+        sentinel(if reason == Error::DeadlineExceeded {
+            INH_DEADLINE
+        } else {
+            INH_CANCELLED
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Handles and reclamation (invariants 1, 2, 7)
+
+/// Takes one more handle on a live node.
+pub(crate) fn acquire_handle(l: &Link) {
+    // Relaxed: as `Arc::clone`: the caller already holds a handle, nothing is published.
+    let prev = l.refs.fetch_add(HANDLE, Relaxed);
+    if prev > MAX_REFS {
+        // As `Arc`: overflowing the count would be a use-after-free; abort instead.
+        abort();
+    }
+}
+
+#[cold]
+fn abort() -> ! {
+    #[cfg(feature = "std")]
+    std::process::abort();
+    #[cfg(not(feature = "std"))]
+    {
+        struct Bomb;
+        impl Drop for Bomb {
+            fn drop(&mut self) {
+                panic!("kontext: reference count overflow");
+            }
+        }
+        let _b = Bomb;
+        panic!("kontext: reference count overflow");
+    }
+}
+
+/// Gives up one handle; the last one unregisters the node and may free it, and freeing
+/// releases the parent's handle in turn, iteratively.
+///
+/// # Safety
+/// The caller owns one handle on `l`.
+pub(crate) unsafe fn release_handle(mut l: NonNull<Link>) {
+    loop {
+        // SAFETY: we own a handle, so the memory is live (invariant 1).
+        let link = unsafe { l.as_ref() };
+        // Release: our uses of the node happen-before whoever frees it (Acquire below).
+        let prev = link.refs.fetch_sub(HANDLE, Release);
+        debug_assert!(prev >= HANDLE);
+        if prev >> 2 != 1 {
+            return;
+        }
+        // Acquire: pairs with the Release decrements of the other handles.
+        fence(Acquire);
+        let mut mem = MEM_COLLECTIVE;
+        if matches!(link.kind, Kind::Cancel | Kind::Deadline) && link.slot != NO_SLOT {
+            // SAFETY: cancel nodes start with a `Header`.
+            let h = unsafe { l.cast::<Header>().as_ref() };
+            let owner = owner_of(h).expect("a registered node has an owner");
+            if unregister(owner, l, link.slot) {
+                mem |= MEM_REGISTERED;
+            }
+        }
+        // AcqRel: Release our accesses; Acquire the walker's if we free.
+        let prev = link.refs.fetch_sub(mem, AcqRel);
+        if prev != mem {
+            return;
+        }
+        // SAFETY: refs reached zero: we are the last user (invariant 1).
+        match unsafe { free(l) } {
+            Some(next) => l = next,
+            None => return,
+        }
+    }
+}
+
+/// Gives up the `MEM_REGISTERED` reference a walker took from a slot.
+///
+/// # Safety
+/// The caller owns that reference.
+unsafe fn release_registered(l: NonNull<Link>) {
+    // SAFETY: the reference keeps the memory live.
+    let prev = unsafe { l.as_ref() }.refs.fetch_sub(MEM_REGISTERED, AcqRel);
+    if prev == MEM_REGISTERED {
+        // SAFETY: refs reached zero (invariant 1).
+        if let Some(next) = unsafe { free(l) } {
+            // SAFETY: `free` hands us the handle the node held.
+            unsafe { release_handle(next) };
+        }
+    }
+}
+
+/// Clears our slot if no walker took it first; returns whether we did.
+fn unregister(owner: &CancelNode, l: NonNull<Link>, slot: u32) -> bool {
+    let side = owner.side().expect("a registered node's owner has a table");
+    let s = side
+        .slot(slot as usize)
+        .expect("a registered slot is allocated");
+    // SeqCst: orders against the walker's swap (invariant 3); on failure nothing is read.
+    if s.ptr
+        .compare_exchange(l.as_ptr(), ptr::null_mut(), SeqCst, Relaxed)
+        .is_ok()
+    {
+        side.push_free(slot as usize);
+        true
+    } else {
+        false
+    }
+}
+
+/// Frees a node whose refs reached zero and returns the handle it held (parent or owner).
+///
+/// # Safety
+/// `refs` of `l` is zero and nobody else can reach it.
+unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
+    // SAFETY: the caller guarantees exclusive ownership; each arm frees the layout the
+    // kind was allocated with.
+    unsafe {
+        match l.as_ref().kind {
+            Kind::Cancel => {
+                let n = Box::from_raw(l.cast::<CancelNode>().as_ptr());
+                let parent = n.header.parent;
+                free_cancel_parts(&n);
+                drop(n);
+                parent.map(NonNull::cast)
+            }
+            Kind::Deadline => {
+                let n = Box::from_raw(l.cast::<DeadlineNode>().as_ptr());
+                let parent = n.node.header.parent;
+                free_cancel_parts(&n.node);
+                drop(n);
+                parent.map(NonNull::cast)
+            }
+            Kind::Clock => {
+                let n = Box::from_raw(l.cast::<ClockNode>().as_ptr());
+                n.header.parent.map(NonNull::cast)
+            }
+            Kind::Value => {
+                let head = &*l.cast::<ValueHead>().as_ptr();
+                let parent = head.header.parent;
+                (head.drop)(l.cast());
+                parent.map(NonNull::cast)
+            }
+            Kind::Callback => {
+                let head = &*l.cast::<CallbackHead>().as_ptr();
+                let owner = head.owner;
+                (head.finish)(l, false);
+                Some(owner.cast())
+            }
+        }
+    }
+}
+
+/// Drops what a cancel node owns besides itself: its cause record and its table, whose
+/// remaining entries can only be callbacks that never ran (children hold handles).
+///
+/// # Safety
+/// The node is being freed by its last user.
+unsafe fn free_cancel_parts(n: &CancelNode) {
+    let st = n.state.load(Relaxed);
+    if is_record(st) {
+        // SAFETY: records are owned by their node and freed only here.
+        drop(unsafe { Box::from_raw(st) });
+    }
+    let side = n.side.load(Relaxed);
+    if side.is_null() {
+        return;
+    }
+    // SAFETY: published sides are owned by the node.
+    let side = unsafe { Box::from_raw(side) };
+    let mut idx = 0;
+    while let Some(entry) = side.take_from(&mut idx) {
+        // SAFETY: we took the slot's reference. A callback entry holds a handle on us, so
+        // none can be left here; anything else would be a bug, caught in debug builds.
+        debug_assert_eq!(unsafe { entry.as_ref() }.kind, Kind::Callback);
+        // SAFETY: we own the registered reference we just took.
+        unsafe { release_registered(entry) };
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Construction
+
+/// What a new node inherits from its parent.
+struct Derive {
+    parent: Option<NonNull<Header>>,
+    state_src: Option<NonNull<CancelNode>>,
+    time_src: Option<NonNull<Header>>,
+    values: Option<NonNull<Header>>,
+}
+
+fn derive_from(parent: Option<&Header>) -> Derive {
+    match parent {
+        None => Derive {
+            parent: None,
+            state_src: None,
+            time_src: None,
+            values: None,
+        },
+        Some(p) => {
+            acquire_handle(&p.link);
+            Derive {
+                parent: Some(NonNull::from(p)),
+                state_src: p.state_src,
+                time_src: p.time_src,
+                values: p.values,
+            }
+        }
+    }
+}
+
+fn header(kind: Kind, refs: usize, slot: u32, d: &Derive) -> Header {
+    Header {
+        link: Link {
+            refs: AtomicUsize::new(refs),
+            kind,
+            slot,
+        },
+        parent: d.parent,
+        state_src: d.state_src,
+        time_src: d.time_src,
+        values: d.values,
+    }
+}
+
+/// How a new cancel node joins its owner: born cancelled, registered, or on its own.
+enum Join<'a> {
+    Alone,
+    Born(*mut CauseRecord),
+    Registered(&'a Side, usize),
+}
+
+fn join(owner: Option<&CancelNode>) -> Join<'_> {
+    match owner {
+        None => Join::Alone,
+        Some(o) => {
+            // Acquire: as in `is_done`.
+            if o.state.load(Acquire).addr() != LIVE {
+                return Join::Born(o.inherited_state());
+            }
+            let side = o.ensure_side();
+            Join::Registered(side, side.claim())
+        }
+    }
+}
+
+/// Publishes a registration and runs the re-check of invariant 5. Returns whether the
+/// owner turned out to be cancelled (the caller must then cancel the new link).
+fn publish(owner: &CancelNode, side: &Side, idx: usize, l: NonNull<Link>) -> bool {
+    let slot = side.slot(idx).expect("claimed slots are allocated");
+    // SeqCst: invariant 5.
+    slot.ptr.store(l.as_ptr(), SeqCst);
+    owner.is_cancelled_seqcst()
+}
+
+/// A new cancel node below `parent`, optionally with its own deadline; returns it with two
+/// handles (the context's and the cancel handle's).
+pub(crate) fn new_cancel(
+    parent: Option<&Header>,
+    deadline: Option<(u64, &'static dyn Clock, Option<Box<Cause>>)>,
+) -> NonNull<CancelNode> {
+    let d = derive_from(parent);
+    // SAFETY: invariant 2 (the parent handle we just took keeps the owner alive).
+    let owner = d.state_src.map(|o| unsafe { &*o.as_ptr() });
+    let j = join(owner);
+    let (slot, mem) = match j {
+        Join::Registered(_, idx) => (idx as u32, MEM_COLLECTIVE | MEM_REGISTERED),
+        _ => (NO_SLOT, MEM_COLLECTIVE),
+    };
+    let refs = 2 * HANDLE + mem;
+    let state = match j {
+        Join::Born(st) => st,
+        _ => sentinel(LIVE),
+    };
+    let node = |kind| CancelNode {
+        header: header(kind, refs, slot, &d),
+        state: AtomicPtr::new(state),
+        side: AtomicPtr::new(ptr::null_mut()),
+    };
+    let p: NonNull<CancelNode> = match deadline {
+        None => NonNull::from(Box::leak(Box::new(node(Kind::Cancel)))),
+        Some((deadline, clock, cause)) => {
+            let n = Box::leak(Box::new(DeadlineNode {
+                node: node(Kind::Deadline),
+                time: TimeExt {
+                    deadline,
+                    clock,
+                    cause,
+                },
+            }));
+            let p = NonNull::from(&mut n.node);
+            n.node.header.time_src = Some(p.cast());
+            p
+        }
+    };
+    // SAFETY: not yet shared; we are the only user.
+    unsafe { (*p.as_ptr()).header.state_src = Some(p) };
+    if let (Join::Registered(side, idx), Some(o)) = (j, owner) {
+        if publish(o, side, idx, p.cast()) {
+            let inh = o.inherited_state();
+            cancel(p, inh);
+        }
+    }
+    p
+}
+
+pub(crate) fn new_value<T: Send + Sync + 'static>(
+    parent: Option<&Header>,
+    value: T,
+) -> NonNull<Header> {
+    unsafe fn drop_value<T>(h: NonNull<Header>) {
+        // SAFETY: allocated as a `ValueNode<T>` in `new_value`, being freed by its last user.
+        drop(unsafe { Box::from_raw(h.cast::<ValueNode<T>>().as_ptr()) });
+    }
+    let d = derive_from(parent);
+    let n = Box::leak(Box::new(ValueNode {
+        head: ValueHead {
+            header: header(Kind::Value, HANDLE + MEM_COLLECTIVE, NO_SLOT, &d),
+            type_id: TypeId::of::<T>(),
+            drop: drop_value::<T>,
+        },
+        value,
+    }));
+    let p = NonNull::from(&mut n.head.header);
+    n.head.header.values = Some(p);
+    p
+}
+
+/// A node that fixes the clock for its subtree and cuts it off from the parent's
+/// cancellation and deadline (`detached`), or a clock root (`parent == None`).
+pub(crate) fn new_clock(
+    parent: Option<&Header>,
+    clock: Option<&'static dyn Clock>,
+) -> NonNull<Header> {
+    struct NoClock;
+    impl Clock for NoClock {
+        fn now(&self) -> Instant {
+            Instant::ZERO
+        }
+    }
+    let mut d = derive_from(parent);
+    d.state_src = None;
+    let n = Box::leak(Box::new(ClockNode {
+        header: header(Kind::Clock, HANDLE + MEM_COLLECTIVE, NO_SLOT, &d),
+        time: TimeExt {
+            deadline: Instant::NEVER,
+            clock: clock.unwrap_or(&NoClock),
+            cause: None,
+        },
+    }));
+    let p = NonNull::from(&mut n.header);
+    n.header.time_src = clock.map(|_| p);
+    p
+}
+
+// ---------------------------------------------------------------------------------------
+// Cancellation (invariants 4, 5, 6, 7)
+
+/// Builds the state a cancel with this reason and cause stores.
+pub(crate) fn cancel_state(reason: Error, cause: Option<Box<Cause>>) -> *mut CauseRecord {
+    match cause {
+        Some(cause) => Box::into_raw(Box::new(CauseRecord { reason, cause })),
+        None => sentinel(match reason {
+            Error::DeadlineExceeded => DEADLINE,
+            _ => CANCELLED,
+        }),
+    }
+}
+
+/// Observes an expired deadline: cancels the deadline's owner with `DeadlineExceeded`.
+#[cold]
+fn expire(t: NonNull<Header>) {
+    // SAFETY: only deadline nodes have a deadline (others have `NEVER`); kept alive by the
+    // caller's node (invariant 2).
+    let te = unsafe { time_ext(t) };
+    let st = sentinel(if te.cause.is_some() {
+        DEADLINE_OWN_CAUSE
+    } else {
+        DEADLINE
+    });
+    cancel(t.cast(), st);
+}
+
+/// Cancels `root` and its whole subtree with `state` (a sentinel or an owned record).
+/// Returns false, freeing the record, if `root` was already done (first cancel wins).
+///
+/// Callbacks run on this thread. With `std`, a panicking callback is caught, the rest of
+/// the subtree is still cancelled and every other callback still runs, and then the first
+/// panic resumes here (unless this thread is already panicking).
+pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool {
+    // SAFETY: the caller holds a handle (or a registered reference) on `root`.
+    let r = unsafe { root.as_ref() };
+    // SeqCst: invariants 4, 5 and 6; it is also the Release that publishes the record.
+    // On failure, Acquire is not needed: we only free our own record.
+    if r.state
+        .compare_exchange(sentinel(LIVE), state, SeqCst, Relaxed)
+        .is_err()
+    {
+        if is_record(state) {
+            // SAFETY: the record was ours and was never published.
+            drop(unsafe { Box::from_raw(state) });
+        }
+        return false;
+    }
+    let mut panics = Panics::default();
+    let inh = r.inherited_state();
+    notify(r);
+    let mut cur = root;
+    let mut next = 0usize;
+    loop {
+        // SAFETY: we hold a reference on every node of the current path: the caller's on
+        // `root`, a taken registration on each one below (invariant 3).
+        let c = unsafe { cur.as_ref() };
+        match c.side().and_then(|s| s.take_from(&mut next)) {
+            Some(l) => {
+                // SAFETY: taking the slot gave us its registered reference.
+                match unsafe { l.as_ref() }.kind {
+                    Kind::Callback => {
+                        // SAFETY: callback entries are `CallbackHead`-prefixed.
+                        unsafe { run_callback(l, &mut panics) };
+                        // SAFETY: we own the registered reference.
+                        unsafe { release_registered(l) };
+                    }
+                    Kind::Cancel | Kind::Deadline => {
+                        let child = l.cast::<CancelNode>();
+                        // SAFETY: as above.
+                        let ch = unsafe { child.as_ref() };
+                        // SeqCst: as the root's CAS (invariants 4, 5, 6).
+                        if ch
+                            .state
+                            .compare_exchange(sentinel(LIVE), inh, SeqCst, Relaxed)
+                            .is_ok()
+                        {
+                            notify(ch);
+                            cur = child;
+                            next = 0;
+                        } else {
+                            // Cancelled on its own already: its canceller walks its subtree.
+                            // SAFETY: we own the registered reference.
+                            unsafe { release_registered(l) };
+                        }
+                    }
+                    k => unreachable!("{k:?} in a slot table"),
+                }
+            }
+            None => {
+                if cur == root {
+                    break;
+                }
+                let up =
+                    NonNull::from(owner_of(&c.header).expect("registered nodes have an owner"));
+                next = c.header.link.slot as usize + 1;
+                // SAFETY: we took `cur`'s registration from `up`'s table; `up` stays alive
+                // through our reference on it (or the caller's, for the root).
+                unsafe { release_registered(cur.cast()) };
+                cur = up;
+            }
+        }
+    }
+    panics.finish();
+    true
+}
+
+fn notify(n: &CancelNode) {
+    if let Some(side) = n.side() {
+        side.waiters.lock().close_and_wake();
+    }
+}
+
+/// The first panic of a cancel walk, resumed when the walk is complete.
+#[derive(Default)]
+struct Panics {
+    #[cfg(feature = "std")]
+    first: Option<Box<dyn core::any::Any + Send + 'static>>,
+}
+
+impl Panics {
+    fn call(&mut self, f: impl FnOnce()) {
+        #[cfg(feature = "std")]
+        {
+            if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+                self.first.get_or_insert(p);
+            }
+        }
+        #[cfg(not(feature = "std"))]
+        f();
+    }
+
+    fn finish(self) {
+        #[cfg(feature = "std")]
+        if let Some(p) = self.first {
+            if !std::thread::panicking() {
+                std::panic::resume_unwind(p);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Callbacks (Go's AfterFunc)
+
+/// Runs a pending callback once; `false` if it already ran or was stopped.
+///
+/// # Safety
+/// `l` is a live callback entry.
+unsafe fn run_callback(l: NonNull<Link>, panics: &mut Panics) -> bool {
+    // SAFETY: the caller guarantees the layout and liveness.
+    let head = unsafe { l.cast::<CallbackHead>().as_ref() };
+    // AcqRel: the winner of this CAS (against `stop`) owns the closure; Acquire makes the
+    // registrant's writes of it visible, Release orders our run before the entry is freed.
+    if head
+        .state
+        .compare_exchange(CB_PENDING, CB_RUN, AcqRel, Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    // SAFETY: we won the CAS, so we own the closure.
+    panics.call(|| unsafe { (head.finish)(l, true) });
+    true
+}
+
+/// Registers `f` to run when `ctx` is done. Returns the entry (with one handle for the
+/// caller) or `None` when `ctx` can never be cancelled, or ran `f` already because it was.
+pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
+    ctx: &Header,
+    f: F,
+) -> Option<NonNull<Link>> {
+    unsafe fn finish<F: FnOnce()>(l: NonNull<Link>, run: bool) {
+        let e = l.cast::<CallbackEntry<F>>().as_ptr();
+        // SAFETY: `run` is only passed by the unique winner of the state CAS; otherwise we
+        // are freeing the entry and the closure was not taken (state says so).
+        unsafe {
+            if run {
+                let f = (*e).f.with_mut(|f| ManuallyDrop::take(&mut *f));
+                f();
+            } else {
+                let ran = (*e).head.state.load(Relaxed) == CB_RUN;
+                if !ran {
+                    (*e).f.with_mut(|f| ManuallyDrop::drop(&mut *f));
+                }
+                drop(Box::from_raw(e));
+            }
+        }
+    }
+    let Some(owner) = ctx.state_src() else {
+        return None; // never cancelled: `f` never runs (Go: AfterFunc(Background, f)).
+    };
+    if ctx.is_done() {
+        let mut panics = Panics::default();
+        panics.call(f);
+        panics.finish();
+        return None;
+    }
+    acquire_handle(&owner.header.link);
+    let side = owner.ensure_side();
+    let idx = side.claim();
+    let e = Box::leak(Box::new(CallbackEntry {
+        head: CallbackHead {
+            link: Link {
+                refs: AtomicUsize::new(HANDLE + MEM_COLLECTIVE + MEM_REGISTERED),
+                kind: Kind::Callback,
+                slot: idx as u32,
+            },
+            state: AtomicUsize::new(CB_PENDING),
+            owner: NonNull::from(owner),
+            finish: finish::<F>,
+        },
+        f: UnsafeCell::new(ManuallyDrop::new(f)),
+    }));
+    let l = NonNull::from(&mut e.head.link);
+    // A deadline that passed but was not yet observed counts as done too.
+    if publish(owner, side, idx, l) || ctx.check_deadline() {
+        // The owner is cancelled: the walker may or may not have seen us, so race it for
+        // the run (exactly one wins, invariant 4's CAS on the entry state).
+        let mut panics = Panics::default();
+        // SAFETY: we hold a handle on the entry.
+        unsafe { run_callback(l, &mut panics) };
+        panics.finish();
+    }
+    Some(l)
+}
+
+/// Stops a callback: true if this prevented it from running.
+///
+/// # Safety
+/// The caller holds a handle on the entry `l`.
+pub(crate) unsafe fn stop_callback(l: NonNull<Link>) -> bool {
+    // SAFETY: the caller's handle keeps the entry alive.
+    let head = unsafe { l.cast::<CallbackHead>().as_ref() };
+    // AcqRel: as in `run_callback` (the other side of the race).
+    if head
+        .state
+        .compare_exchange(CB_PENDING, CB_STOPPED, AcqRel, Relaxed)
+        .is_err()
+    {
+        return false;
+    }
+    // SAFETY: the entry holds a handle on its owner (invariant 2).
+    let owner = unsafe { head.owner.as_ref() };
+    if unregister(owner, l, head.link.slot) {
+        // SAFETY: we cleared the slot, so we own the registered reference.
+        unsafe { release_registered(l) };
+    }
+    true
+}
+
+/// Whether a callback entry ran.
+///
+/// # Safety
+/// The caller holds a handle on the entry `l`.
+pub(crate) unsafe fn callback_ran(l: NonNull<Link>) -> bool {
+    // SAFETY: as in `stop_callback`. Acquire: pairs with the winner's AcqRel.
+    unsafe { l.cast::<CallbackHead>().as_ref() }
+        .state
+        .load(Acquire)
+        == CB_RUN
+}
+
+// ---------------------------------------------------------------------------------------
+// Introspection for tests and benches.
+
+/// Bytes of one node of each kind, for the docs' memory table.
+pub(crate) const fn node_sizes() -> [(&'static str, usize); 4] {
+    [
+        ("cancel", core::mem::size_of::<CancelNode>()),
+        ("deadline", core::mem::size_of::<DeadlineNode>()),
+        ("value (header)", core::mem::size_of::<ValueHead>()),
+        ("clock / detached", core::mem::size_of::<ClockNode>()),
+    ]
+}
+
+impl Header {
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+}
+
+impl CancelNode {
+    pub(crate) fn header(&self) -> &Header {
+        &self.header
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_node_fits_a_cache_line() {
+        #[cfg(target_pointer_width = "64")]
+        assert_eq!(core::mem::size_of::<CancelNode>(), 64);
+    }
+
+    #[test]
+    fn chunk_math() {
+        assert_eq!(chunk_of(0), (0, 0));
+        assert_eq!(chunk_of(BASE - 1), (0, BASE - 1));
+        assert_eq!(chunk_of(BASE), (1, 0));
+        assert_eq!(chunk_of(3 * BASE - 1), (1, 2 * BASE - 1));
+        assert_eq!(chunk_of(3 * BASE), (2, 0));
+    }
+
+    #[test]
+    fn free_list_reuses_indexes() {
+        let side = Side::new();
+        let a = side.claim();
+        let b = side.claim();
+        assert_ne!(a, b);
+        side.push_free(a);
+        assert_eq!(side.claim(), a);
+        let many: alloc::vec::Vec<_> = (0..100).map(|_| side.claim()).collect();
+        for &i in &many {
+            assert!(side.slot(i).is_some());
+        }
+        for &i in &many {
+            side.push_free(i);
+        }
+        assert_eq!(side.len.load(Relaxed), 102);
+        for _ in 0..100 {
+            assert!(side.claim() < 102);
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! Waiting for a context to be done: the per-context wait list and the [`Cancelled`]
+//! future, plus the combinators that race work against cancellation.
+//!
+//! # Invariants
+//! 1. A waiter's list node lives inside its pinned future and is touched only under the
+//!    wait list's lock; the future unlinks it (under the lock) before its memory goes.
+//! 2. `close_and_wake` runs once per context (the cancel walker's, invariant 4 of `tree`):
+//!    it marks the list closed, unlinks every waiter and wakes each exactly once. A waiter
+//!    that arrives later sees `closed` under the lock and completes without linking.
+//! 3. No lost wake-up: see `tree`'s invariant 6 (side installed SeqCst, state re-read
+//!    SeqCst after linking).
+//!
+//! A context nobody waits on never allocates a list and never takes the lock.
+
+use core::future::Future;
+use core::marker::PhantomPinned;
+use core::pin::Pin;
+use core::ptr;
+use core::task::{self, Poll, Waker};
+
+use futures_core::Stream;
+use pin_project_lite::pin_project;
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::sync::UnsafeCell;
+use crate::tree::Side;
+
+pub(crate) struct WaiterNode {
+    prev: *mut WaiterNode,
+    next: *mut WaiterNode,
+    waker: Option<Waker>,
+    linked: bool,
+}
+
+/// The waiters of one context (lives in the context's lazily allocated side table).
+pub(crate) struct WaitList {
+    head: *mut WaiterNode,
+    closed: bool,
+}
+
+// SAFETY: the raw pointers are only dereferenced under the list's lock (invariant 1), and
+// the nodes they point at belong to futures that unlink before they are dropped.
+unsafe impl Send for WaitList {}
+
+impl WaitList {
+    pub(crate) fn new() -> Self {
+        WaitList {
+            head: ptr::null_mut(),
+            closed: false,
+        }
+    }
+
+    /// Invariant 2.
+    pub(crate) fn close_and_wake(&mut self) {
+        self.closed = true;
+        let mut p = self.head;
+        self.head = ptr::null_mut();
+        while !p.is_null() {
+            // SAFETY: linked nodes are alive (invariant 1) and we hold the lock.
+            let n = unsafe { &mut *p };
+            p = n.next;
+            n.linked = false;
+            n.prev = ptr::null_mut();
+            n.next = ptr::null_mut();
+            if let Some(w) = n.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// # Safety
+    /// `n` is not linked, stays pinned until unlinked, and the lock is held.
+    unsafe fn link(&mut self, n: *mut WaiterNode) {
+        // SAFETY: the caller guarantees `n` is valid; the head, if any, is linked.
+        unsafe {
+            (*n).prev = ptr::null_mut();
+            (*n).next = self.head;
+            if !self.head.is_null() {
+                (*self.head).prev = n;
+            }
+            (*n).linked = true;
+        }
+        self.head = n;
+    }
+
+    /// # Safety
+    /// `n` is linked in this list and the lock is held.
+    unsafe fn unlink(&mut self, n: *mut WaiterNode) {
+        // SAFETY: linked neighbours are valid (invariant 1).
+        unsafe {
+            let (prev, next) = ((*n).prev, (*n).next);
+            if prev.is_null() {
+                self.head = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
+            (*n).linked = false;
+            (*n).prev = ptr::null_mut();
+            (*n).next = ptr::null_mut();
+            (*n).waker = None;
+        }
+    }
+}
+
+/// The part of a waiting future that may sit in a wait list.
+struct Waiter {
+    node: UnsafeCell<WaiterNode>,
+    /// The side table we linked into (kept alive by the context we wait on).
+    side: *const Side,
+    _pin: PhantomPinned,
+}
+
+// SAFETY: the node is touched only under the wait list's lock (invariant 1); `side` is a
+// shared reference's address.
+unsafe impl Send for Waiter {}
+// SAFETY: `&Waiter` exposes nothing.
+unsafe impl Sync for Waiter {}
+
+impl Waiter {
+    fn new() -> Self {
+        Waiter {
+            node: UnsafeCell::new(WaiterNode {
+                prev: ptr::null_mut(),
+                next: ptr::null_mut(),
+                waker: None,
+                linked: false,
+            }),
+            side: ptr::null(),
+            _pin: PhantomPinned,
+        }
+    }
+
+    /// # Safety
+    /// `self` is pinned, and `ctx` is the context this waiter always waits on.
+    unsafe fn poll_wait(&mut self, ctx: &Context, cx: &mut task::Context<'_>) -> Poll<()> {
+        let Some(h) = ctx.header() else {
+            return Poll::Pending; // background: never done
+        };
+        if h.is_done() {
+            self.unlink();
+            return Poll::Ready(());
+        }
+        let Some(src) = h.state_src() else {
+            return Poll::Pending; // detached, no deadline: never done
+        };
+        let side = src.ensure_side();
+        {
+            let mut list = side.waiters.lock();
+            if list.closed {
+                return Poll::Ready(());
+            }
+            let n = self.node.with_mut(|n| n);
+            // SAFETY: we hold the lock; the node is pinned with us (invariant 1).
+            unsafe {
+                if (*n).linked {
+                    match &mut (*n).waker {
+                        Some(w) if w.will_wake(cx.waker()) => {}
+                        w => *w = Some(cx.waker().clone()),
+                    }
+                } else {
+                    (*n).waker = Some(cx.waker().clone());
+                    list.link(n);
+                }
+            }
+        }
+        self.side = side;
+        // Invariant 3: the SeqCst re-check after linking.
+        if src.is_cancelled_seqcst() || h.is_done() {
+            self.unlink();
+            return Poll::Ready(());
+        }
+        Poll::Pending
+    }
+
+    fn unlink(&mut self) {
+        if self.side.is_null() {
+            return;
+        }
+        // SAFETY: the side lives as long as the context we wait on, which outlives us.
+        let side = unsafe { &*self.side };
+        let mut list = side.waiters.lock();
+        let n = self.node.with_mut(|n| n);
+        // SAFETY: under the lock (invariant 1).
+        unsafe {
+            if (*n).linked {
+                list.unlink(n);
+            }
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        self.unlink();
+    }
+}
+
+/// Completes when a context is done (Go's `<-ctx.Done()`). From [`Context::cancelled`].
+///
+/// A waiter allocates nothing of its own: it links a node pinned inside this future into
+/// the context's wait list (created on the first wait). Cancel wakes every waiter exactly
+/// once. A deadline is noticed at each poll; the core arms no timer, so to wake *at* a
+/// deadline use a runtime adapter (or poll again).
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct Cancelled<'a> {
+    ctx: &'a Context,
+    waiter: Waiter,
+}
+
+impl<'a> Cancelled<'a> {
+    pub(crate) fn new(ctx: &'a Context) -> Self {
+        Cancelled {
+            ctx,
+            waiter: Waiter::new(),
+        }
+    }
+}
+
+impl Future for Cancelled<'_> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
+        // SAFETY: we never move out of `this`; the waiter stays pinned with the future.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: pinned, and always the same context.
+        unsafe { this.waiter.poll_wait(this.ctx, cx) }
+    }
+}
+
+/// [`Cancelled`] that owns a clone of its context, so it can be `'static` (spawned).
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct CancelledOwned {
+    // Field order: the waiter unlinks before the context (which keeps the list alive) drops.
+    waiter: Waiter,
+    ctx: Context,
+}
+
+impl CancelledOwned {
+    pub(crate) fn new(ctx: Context) -> Self {
+        CancelledOwned {
+            waiter: Waiter::new(),
+            ctx,
+        }
+    }
+}
+
+impl Future for CancelledOwned {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
+        // SAFETY: as in `Cancelled::poll`.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: as in `Cancelled::poll`.
+        unsafe { this.waiter.poll_wait(&this.ctx, cx) }
+    }
+}
+
+impl core::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("registered", &!self.side.is_null())
+            .finish()
+    }
+}
+
+pin_project! {
+    /// Runs a future until it completes or the context is done. From
+    /// [`Context::run_until_cancelled`].
+    ///
+    /// Resolves to `Ok(output)`, or `Err(reason)` once the context is done; the inner future
+    /// is then no longer polled (drop this future to drop it). Cancellation is checked
+    /// first at every poll, like `tokio_util`'s `run_until_cancelled`.
+    #[must_use = "futures do nothing unless polled"]
+    #[derive(Debug)]
+    pub struct RunUntilCancelled<'a, F> {
+        #[pin]
+        cancelled: Cancelled<'a>,
+        #[pin]
+        future: F,
+    }
+}
+
+impl<'a, F> RunUntilCancelled<'a, F> {
+    pub(crate) fn new(ctx: &'a Context, future: F) -> Self {
+        RunUntilCancelled {
+            cancelled: Cancelled::new(ctx),
+            future,
+        }
+    }
+}
+
+impl<F: Future> Future for RunUntilCancelled<'_, F> {
+    type Output = Result<F::Output, Error>;
+    fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let ctx = this.cancelled.ctx;
+        if this.cancelled.poll(cx).is_ready() {
+            return Poll::Ready(Err(ctx.err().unwrap_or(Error::Cancelled)));
+        }
+        this.future.poll(cx).map(Ok)
+    }
+}
+
+pin_project! {
+    /// Yields a stream's items until the context is done, then one `Err(reason)`, then ends.
+    /// From [`Context::stream_until_cancelled`].
+    #[must_use = "streams do nothing unless polled"]
+    #[derive(Debug)]
+    pub struct StreamUntilCancelled<'a, S> {
+        #[pin]
+        cancelled: Cancelled<'a>,
+        #[pin]
+        stream: S,
+        finished: bool,
+    }
+}
+
+impl<'a, S> StreamUntilCancelled<'a, S> {
+    pub(crate) fn new(ctx: &'a Context, stream: S) -> Self {
+        StreamUntilCancelled {
+            cancelled: Cancelled::new(ctx),
+            stream,
+            finished: false,
+        }
+    }
+}
+
+impl<S: Stream> Stream for StreamUntilCancelled<'_, S> {
+    type Item = Result<S::Item, Error>;
+    fn poll_next(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.project();
+        if *this.finished {
+            return Poll::Ready(None);
+        }
+        let ctx = this.cancelled.ctx;
+        if this.cancelled.poll(cx).is_ready() {
+            *this.finished = true;
+            return Poll::Ready(Some(Err(ctx.err().unwrap_or(Error::Cancelled))));
+        }
+        match this.stream.poll_next(cx) {
+            Poll::Ready(None) => {
+                *this.finished = true;
+                Poll::Ready(None)
+            }
+            other => other.map(|o| o.map(Ok)),
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Holder crate for the runnable examples (`cargo run --example demo`).
