@@ -34,3 +34,10 @@ pub use crate::wait::{Cancelled, CancelledOwned, RunUntilCancelled, StreamUntilC
 pub fn __node_sizes() -> [(&'static str, usize); 4] {
     tree::node_sizes()
 }
+
+/// Nodes, tables and chunks currently allocated; loom builds only (for the models).
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn __live_allocations() -> isize {
+    tree::live_allocations()
+}

@@ -6,6 +6,9 @@
 //!   `critical-section` implementation, this library never does;
 //! - `loom` under `--cfg loom`, so the models in `tests/loom.rs` explore every interleaving.
 
+// Without `alloc` there are no nodes, so most of the shim is unused.
+#![cfg_attr(not(feature = "alloc"), allow(unused_imports, dead_code))]
+
 /// 64-bit atomics exist natively only on some targets; the manual clock needs them.
 #[cfg(all(not(loom), target_has_atomic = "64"))]
 pub(crate) use core::sync::atomic::AtomicU64;

@@ -33,14 +33,16 @@
 //!    such indexes are never reused). Chunks live until the owner is freed.
 //! 4. A cancel node's `state` goes from `LIVE` to a final value exactly once (CAS). The
 //!    winner of that CAS, and only it, walks the node's table.
-//! 5. Registration stores the slot (SeqCst) and then loads the owner's state (SeqCst);
-//!    cancel stores the state (SeqCst) and then reads the table length and slots (SeqCst).
-//!    By the single total order of SeqCst operations, either the walker sees the child, or
-//!    the child sees the owner cancelled and cancels itself: no child is missed.
-//! 6. Waiters: the walker stores the state, then loads `side` (SeqCst) and, if present,
-//!    closes the wait list under its lock. A waiter installs `side` (SeqCst), links itself
-//!    under the lock (or sees the list closed), then reloads the state (SeqCst). Either the
-//!    walker finds it linked, or it sees the state: no wake-up is lost.
+//! 5. Registration stores the slot, issues `fence(SeqCst)`, then loads the owner's state;
+//!    cancel CASes the state, issues `fence(SeqCst)`, then reads the table's length and
+//!    slots. The two fences are ordered one way or the other in the single SeqCst order:
+//!    either the walker sees the child, or the child sees the owner cancelled and cancels
+//!    itself. No child is missed. (Fences rather than SeqCst accesses: the standard's
+//!    store-buffering guarantee, and the form loom models exactly.)
+//! 6. Waiters: the walker CASes the state, fences (as in 5), then loads `side` and, if
+//!    present, closes the wait list under its lock. A waiter installs (or loads) `side`,
+//!    links itself under the lock (or sees the list closed), fences, then reloads the
+//!    state. Either the walker finds it linked, or it sees the state: no lost wake-up.
 //! 7. Cancellation and drop walk the tree iteratively: the cancel walk is a depth-first
 //!    traversal that returns to a node's owner through `parent.state_src` and resumes at
 //!    `slot + 1`; frees cascade up the parent chain in a loop. A million-deep chain needs
@@ -60,6 +62,29 @@ use crate::error::{Cause, Error};
 use crate::sync::{fence, AtomicPtr, AtomicUsize, Mutex, Ordering::*, UnsafeCell};
 use crate::time::{Clock, Instant};
 use crate::wait::WaitList;
+
+// ---------------------------------------------------------------------------------------
+// Live-allocation accounting for the loom models (every node, side table and chunk).
+
+// Loom runs every model thread as a coroutine on the test's own OS thread, so a
+// thread-local count isolates concurrently running models from each other.
+#[cfg(loom)]
+std::thread_local! {
+    static LIVE_ALLOCS: core::cell::Cell<isize> = const { core::cell::Cell::new(0) };
+}
+
+#[inline]
+fn track(delta: isize) {
+    #[cfg(loom)]
+    LIVE_ALLOCS.with(|c| c.set(c.get() + delta));
+    let _ = delta;
+}
+
+/// Nodes, tables and chunks currently allocated (loom builds only).
+#[cfg(loom)]
+pub(crate) fn live_allocations() -> isize {
+    LIVE_ALLOCS.with(|c| c.get())
+}
 
 // ---------------------------------------------------------------------------------------
 // Reference counts (invariant 1)
@@ -286,6 +311,7 @@ impl Side {
         }
         let chunk: Box<[Slot]> = (0..chunk_len(k)).map(|_| Slot::new()).collect();
         let raw = Box::into_raw(chunk) as *mut Slot;
+        track(1);
         // AcqRel: Release publishes the initialised chunk to `slot`'s Acquire; Acquire on
         // failure makes the winner's chunk visible to us.
         if cell
@@ -295,6 +321,7 @@ impl Side {
             // SAFETY: `raw` came from `Box::into_raw` of a slice of this length just above
             // and was never shared.
             drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(raw, chunk_len(k))) });
+            track(-1);
         }
     }
 
@@ -303,11 +330,11 @@ impl Side {
         if let Some(idx) = self.pop_free() {
             return idx;
         }
-        // SeqCst: the walker's SeqCst load of `len` must see every index whose slot store
-        // precedes its state CAS in the total order (invariant 5).
-        let idx = self.len.fetch_add(1, SeqCst);
+        // Relaxed: uniqueness comes from the RMW; the walker sees the new length through
+        // the fences of invariant 5 (this is sequenced before the registrant's fence).
+        let idx = self.len.fetch_add(1, Relaxed);
         if idx >= CAPACITY {
-            self.len.fetch_sub(1, SeqCst);
+            self.len.fetch_sub(1, Relaxed);
             panic!("kontext: too many live children registered with one context");
         }
         self.ensure_chunk(idx);
@@ -352,15 +379,18 @@ impl Side {
 
     /// The next registered link at or after `*idx`, taken out of its slot (invariant 3).
     fn take_from(&self, idx: &mut usize) -> Option<NonNull<Link>> {
-        // SeqCst: invariant 5.
-        let len = self.len.load(SeqCst);
+        // Acquire: after the walker's fence (invariant 5), this sees every index claimed
+        // before a registrant's fence.
+        let len = self.len.load(Acquire);
         while *idx < len {
             let i = *idx;
             *idx += 1;
             if let Some(slot) = self.slot(i) {
-                // SeqCst: invariant 5 (a cheap look before the swap).
-                if !slot.ptr.load(SeqCst).is_null() {
-                    if let Some(p) = NonNull::new(slot.ptr.swap(ptr::null_mut(), SeqCst)) {
+                // Relaxed: a cheap look before the swap, which decides.
+                if !slot.ptr.load(Relaxed).is_null() {
+                    // AcqRel: Acquire pairs with the registrant's Release store (the node is
+                    // initialised); the RMW makes us or the unregistering CAS the one owner.
+                    if let Some(p) = NonNull::new(slot.ptr.swap(ptr::null_mut(), AcqRel)) {
                         return Some(p);
                     }
                 }
@@ -378,6 +408,7 @@ impl Drop for Side {
                 // SAFETY: allocated by `ensure_chunk` with this length; the owner is being
                 // freed, so nobody else can reach the chunk (invariant 3).
                 drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, chunk_len(j + 1))) });
+                track(-1);
             }
         }
     }
@@ -529,8 +560,9 @@ fn owner_of(h: &Header) -> Option<&CancelNode> {
 
 impl CancelNode {
     fn side(&self) -> Option<&Side> {
-        // SeqCst: invariants 5 and 6 (Dekker with `ensure_side`).
-        let p = self.side.load(SeqCst);
+        // Acquire: pairs with the AcqRel CAS in `ensure_side` (the table is initialised).
+        // Where this load takes part in invariants 5 and 6, a SeqCst fence precedes it.
+        let p = self.side.load(Acquire);
         // SAFETY: a published side lives until the node is freed.
         (!p.is_null()).then(|| unsafe { &*p })
     }
@@ -540,25 +572,30 @@ impl CancelNode {
             return s;
         }
         let new = Box::into_raw(Box::new(Side::new()));
-        // SeqCst: invariant 6; on failure, Acquire the winner's initialised side.
+        track(1);
+        // AcqRel: Release publishes the initialised table; Acquire (also on failure) sees
+        // the winner's. Ordering against cancel comes from the fences of invariants 5, 6.
         match self
             .side
-            .compare_exchange(ptr::null_mut(), new, SeqCst, SeqCst)
+            .compare_exchange(ptr::null_mut(), new, AcqRel, Acquire)
         {
             // SAFETY: just published; lives until the node is freed.
             Ok(_) => unsafe { &*new },
             Err(winner) => {
                 // SAFETY: `new` was never shared.
                 drop(unsafe { Box::from_raw(new) });
+                track(-1);
                 // SAFETY: as above for the winner's.
                 unsafe { &*winner }
             }
         }
     }
 
-    /// SeqCst load of the state, for the Dekker re-checks of invariants 5 and 6.
-    pub(crate) fn is_cancelled_seqcst(&self) -> bool {
-        self.state.load(SeqCst).addr() != LIVE
+    /// The re-check of invariants 5 and 6: fence, then load the state.
+    pub(crate) fn recheck_cancelled(&self) -> bool {
+        fence(SeqCst);
+        // Acquire: pairs with the canceller's CAS (its record is visible).
+        self.state.load(Acquire).addr() != LIVE
     }
 
     fn inherited_state(&self) -> *mut CauseRecord {
@@ -664,9 +701,11 @@ fn unregister(owner: &CancelNode, l: NonNull<Link>, slot: u32) -> bool {
     let s = side
         .slot(slot as usize)
         .expect("a registered slot is allocated");
-    // SeqCst: orders against the walker's swap (invariant 3); on failure nothing is read.
+    // AcqRel: the RMW decides between us and the walker's swap (invariant 3); Release
+    // orders our last uses of the slot before the index is pushed and reused. On failure
+    // nothing is read.
     if s.ptr
-        .compare_exchange(l.as_ptr(), ptr::null_mut(), SeqCst, Relaxed)
+        .compare_exchange(l.as_ptr(), ptr::null_mut(), AcqRel, Relaxed)
         .is_ok()
     {
         side.push_free(slot as usize);
@@ -681,6 +720,7 @@ fn unregister(owner: &CancelNode, l: NonNull<Link>, slot: u32) -> bool {
 /// # Safety
 /// `refs` of `l` is zero and nobody else can reach it.
 unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
+    track(-1);
     // SAFETY: the caller guarantees exclusive ownership; each arm frees the layout the
     // kind was allocated with.
     unsafe {
@@ -736,6 +776,7 @@ unsafe fn free_cancel_parts(n: &CancelNode) {
     }
     // SAFETY: published sides are owned by the node.
     let side = unsafe { Box::from_raw(side) };
+    track(-1);
     let mut idx = 0;
     while let Some(entry) = side.take_from(&mut idx) {
         // SAFETY: we took the slot's reference. A callback entry holds a handle on us, so
@@ -758,6 +799,7 @@ struct Derive {
 }
 
 fn derive_from(parent: Option<&Header>) -> Derive {
+    track(1); // every caller allocates exactly one node
     match parent {
         None => Derive {
             parent: None,
@@ -816,9 +858,10 @@ fn join(owner: Option<&CancelNode>) -> Join<'_> {
 /// owner turned out to be cancelled (the caller must then cancel the new link).
 fn publish(owner: &CancelNode, side: &Side, idx: usize, l: NonNull<Link>) -> bool {
     let slot = side.slot(idx).expect("claimed slots are allocated");
-    // SeqCst: invariant 5.
-    slot.ptr.store(l.as_ptr(), SeqCst);
-    owner.is_cancelled_seqcst()
+    // Release: publishes the initialised node to the walker's AcqRel swap; ordering
+    // against the owner's cancel comes from the fence in `recheck_cancelled`.
+    slot.ptr.store(l.as_ptr(), Release);
+    owner.recheck_cancelled()
 }
 
 /// A new cancel node below `parent`, optionally with its own deadline; returns it with two
@@ -958,10 +1001,10 @@ fn expire(t: NonNull<Header>) {
 pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool {
     // SAFETY: the caller holds a handle (or a registered reference) on `root`.
     let r = unsafe { root.as_ref() };
-    // SeqCst: invariants 4, 5 and 6; it is also the Release that publishes the record.
-    // On failure, Acquire is not needed: we only free our own record.
+    // AcqRel: Release publishes the record; Acquire orders the walk after any earlier
+    // publication. On failure we only free our own record: Relaxed.
     if r.state
-        .compare_exchange(sentinel(LIVE), state, SeqCst, Relaxed)
+        .compare_exchange(sentinel(LIVE), state, AcqRel, Relaxed)
         .is_err()
     {
         if is_record(state) {
@@ -970,6 +1013,8 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
         }
         return false;
     }
+    // Invariants 5 and 6: our side of the fence pair.
+    fence(SeqCst);
     let mut panics = Panics::default();
     let inh = r.inherited_state();
     notify(r);
@@ -993,12 +1038,14 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                         let child = l.cast::<CancelNode>();
                         // SAFETY: as above.
                         let ch = unsafe { child.as_ref() };
-                        // SeqCst: as the root's CAS (invariants 4, 5, 6).
+                        // AcqRel / Relaxed: as the root's CAS.
                         if ch
                             .state
-                            .compare_exchange(sentinel(LIVE), inh, SeqCst, Relaxed)
+                            .compare_exchange(sentinel(LIVE), inh, AcqRel, Relaxed)
                             .is_ok()
                         {
+                            // Invariants 5 and 6 for the child's own registrants and waiters.
+                            fence(SeqCst);
                             notify(ch);
                             cur = child;
                             next = 0;
@@ -1121,6 +1168,7 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
         return None;
     }
     acquire_handle(&owner.header.link);
+    track(1);
     let side = owner.ensure_side();
     let idx = side.claim();
     let e = Box::leak(Box::new(CallbackEntry {
@@ -1144,6 +1192,12 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
         let mut panics = Panics::default();
         // SAFETY: we hold a handle on the entry.
         unsafe { run_callback(l, &mut panics) };
+        // If the walker passed our slot before we published, nobody else will clear it,
+        // and the entry's handle on the owner would keep both alive forever.
+        if unregister(owner, l, idx as u32) {
+            // SAFETY: we cleared the slot, so we own the registered reference.
+            unsafe { release_registered(l) };
+        }
         panics.finish();
     }
     Some(l)

@@ -168,8 +168,8 @@ impl Waiter {
             }
         }
         self.side = side;
-        // Invariant 3: the SeqCst re-check after linking.
-        if src.is_cancelled_seqcst() || h.is_done() {
+        // Invariant 3: the fenced re-check after linking.
+        if src.recheck_cancelled() || h.is_done() {
             self.unlink();
             return Poll::Ready(());
         }
