@@ -386,6 +386,11 @@ impl CancelHandle {
     /// Runs the subtree's [`on_cancel`](Context::on_cancel) callbacks and wakes its
     /// waiters before returning.
     pub fn cancel(&self) -> bool {
+        // An expired deadline nobody has looked at yet is observed first, so `cancel` and
+        // `cancel_with_cause` agree on who was first.
+        if self.node().header().is_done() {
+            return false;
+        }
         tree::cancel(self.node, tree::cancel_state(Error::Cancelled, None))
     }
 
@@ -426,11 +431,18 @@ impl CancelHandle {
 #[cfg(feature = "alloc")]
 impl Drop for CancelHandle {
     fn drop(&mut self) {
+        /// Releases the handle even if the cancel below resumes a callback's panic.
+        struct Release(NonNull<CancelNode>);
+        impl Drop for Release {
+            fn drop(&mut self) {
+                // SAFETY: we own one handle (moved here from the `CancelHandle`).
+                unsafe { tree::release_handle(self.0.cast::<Link>()) };
+            }
+        }
+        let _release = Release(self.node);
         if self.armed {
             self.cancel();
         }
-        // SAFETY: we own one handle.
-        unsafe { tree::release_handle(self.node.cast::<Link>()) };
     }
 }
 

@@ -218,9 +218,9 @@ struct CallbackEntry<F> {
 // The slot table (invariant 3)
 
 #[cfg(not(loom))]
-const BASE: usize = 8;
+const BASE: usize = 4;
 #[cfg(not(loom))]
-const NCHUNKS: usize = 24;
+const NCHUNKS: usize = 26;
 #[cfg(loom)]
 const BASE: usize = 2;
 #[cfg(loom)]
@@ -252,9 +252,16 @@ pub(crate) struct Side {
     free: AtomicUsize,
     /// Indexes ever handed out by bumping.
     len: AtomicUsize,
+    /// Chunk 0, inline: most parents never need more.
     first: [Slot; BASE],
-    chunks: [AtomicPtr<Slot>; NCHUNKS],
+    /// Chunks 1.., allocated with the directory when chunk 0 is full (keeps `Side` small:
+    /// every node with a child pays for one).
+    dir: AtomicPtr<Dir>,
     pub(crate) waiters: Mutex<WaitList>,
+}
+
+struct Dir {
+    chunks: [AtomicPtr<Slot>; NCHUNKS],
 }
 
 fn chunk_of(idx: usize) -> (usize, usize) {
@@ -281,7 +288,7 @@ impl Side {
             free: AtomicUsize::new(0),
             len: AtomicUsize::new(0),
             first: core::array::from_fn(|_| Slot::new()),
-            chunks: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+            dir: AtomicPtr::new(ptr::null_mut()),
             waiters: Mutex::new(WaitList::new()),
         }
     }
@@ -291,9 +298,10 @@ impl Side {
         if k == 0 {
             return Some(&self.first[off]);
         }
+        let dir = self.dir()?;
         // Acquire: pairs with the AcqRel CAS in `ensure_chunk`, so the chunk's slots are
         // initialised before we touch them.
-        let p = self.chunks[k - 1].load(Acquire);
+        let p = dir.chunks[k - 1].load(Acquire);
         // SAFETY: a non-null chunk pointer points at `chunk_len(k)` slots that live as long
         // as `self` (invariant 3), and `off < chunk_len(k)` by construction of `chunk_of`.
         (!p.is_null()).then(|| unsafe { &*p.add(off) })
@@ -304,7 +312,7 @@ impl Side {
         if k == 0 {
             return;
         }
-        let cell = &self.chunks[k - 1];
+        let cell = &self.ensure_dir().chunks[k - 1];
         // Acquire: as in `slot`.
         if !cell.load(Acquire).is_null() {
             return;
@@ -322,6 +330,39 @@ impl Side {
             // and was never shared.
             drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(raw, chunk_len(k))) });
             track(-1);
+        }
+    }
+
+    fn dir(&self) -> Option<&Dir> {
+        // Acquire: pairs with the AcqRel CAS in `ensure_dir` (the directory is initialised).
+        let d = self.dir.load(Acquire);
+        // SAFETY: a published directory lives as long as `self`.
+        (!d.is_null()).then(|| unsafe { &*d })
+    }
+
+    fn ensure_dir(&self) -> &Dir {
+        if let Some(d) = self.dir() {
+            return d;
+        }
+        let new = Box::into_raw(Box::new(Dir {
+            chunks: core::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
+        }));
+        track(1);
+        // AcqRel: Release publishes the initialised directory; Acquire (also on failure)
+        // sees the winner's.
+        match self
+            .dir
+            .compare_exchange(ptr::null_mut(), new, AcqRel, Acquire)
+        {
+            // SAFETY: just published; lives as long as `self`.
+            Ok(_) => unsafe { &*new },
+            Err(winner) => {
+                // SAFETY: `new` was never shared.
+                drop(unsafe { Box::from_raw(new) });
+                track(-1);
+                // SAFETY: published by the winner; lives as long as `self`.
+                unsafe { &*winner }
+            }
         }
     }
 
@@ -402,8 +443,15 @@ impl Side {
 
 impl Drop for Side {
     fn drop(&mut self) {
-        for (j, cell) in self.chunks.iter_mut().enumerate() {
-            let p = cell.load(Relaxed); // Relaxed: &mut self, no concurrency left.
+        let d = self.dir.load(Relaxed); // Relaxed: &mut self, no concurrency left.
+        if d.is_null() {
+            return;
+        }
+        // SAFETY: allocated by `ensure_dir`; we are its last user.
+        let dir = unsafe { Box::from_raw(d) };
+        track(-1);
+        for (j, cell) in dir.chunks.iter().enumerate() {
+            let p = cell.load(Relaxed); // Relaxed: as above.
             if !p.is_null() {
                 // SAFETY: allocated by `ensure_chunk` with this length; the owner is being
                 // freed, so nobody else can reach the chunk (invariant 3).
@@ -463,10 +511,14 @@ impl Header {
             Some(t) => {
                 // SAFETY: invariant 2.
                 let te = unsafe { time_ext(t) };
-                te.deadline != Instant::NEVER && te.clock.now().as_nanos() >= te.deadline && {
-                    expire(t);
-                    true
-                }
+                // `NEVER` and `FAR_FUTURE` never fire, even on a clock saturated at
+                // `FAR_FUTURE` (time invariant 2).
+                te.deadline < Instant::FAR_FUTURE.as_nanos()
+                    && te.clock.now().as_nanos() >= te.deadline
+                    && {
+                        expire(t);
+                        true
+                    }
             }
         }
     }
@@ -1017,7 +1069,7 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
     fence(SeqCst);
     let mut panics = Panics::default();
     let inh = r.inherited_state();
-    notify(r);
+    notify(r, &mut panics);
     let mut cur = root;
     let mut next = 0usize;
     loop {
@@ -1046,7 +1098,7 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                         {
                             // Invariants 5 and 6 for the child's own registrants and waiters.
                             fence(SeqCst);
-                            notify(ch);
+                            notify(ch, &mut panics);
                             cur = child;
                             next = 0;
                         } else {
@@ -1076,9 +1128,22 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
     true
 }
 
-fn notify(n: &CancelNode) {
-    if let Some(side) = n.side() {
-        side.waiters.lock().close_and_wake();
+/// Closes `n`'s wait list and wakes every waiter exactly once (wait invariant 2).
+///
+/// Wakers are taken out in batches under the lock and woken after releasing it, so a waker
+/// that panics (caught in `panics`) or that re-enters this context's wait list can neither
+/// corrupt the list nor deadlock.
+fn notify(n: &CancelNode, panics: &mut Panics) {
+    let Some(side) = n.side() else { return };
+    loop {
+        let mut batch = crate::wait::WakeBatch::new();
+        let more = side.waiters.lock().close_and_take(&mut batch);
+        for w in batch.drain() {
+            panics.call(|| w.wake());
+        }
+        if !more {
+            return;
+        }
     }
 }
 
@@ -1272,6 +1337,16 @@ mod tests {
     fn cancel_node_fits_a_cache_line() {
         #[cfg(target_pointer_width = "64")]
         assert_eq!(core::mem::size_of::<CancelNode>(), 64);
+    }
+
+    #[test]
+    fn side_table_stays_small() {
+        #[cfg(target_pointer_width = "64")]
+        assert!(
+            core::mem::size_of::<Side>() <= 128,
+            "{}",
+            core::mem::size_of::<Side>()
+        );
     }
 
     #[test]

@@ -51,22 +51,30 @@ impl WaitList {
         }
     }
 
-    /// Invariant 2.
-    pub(crate) fn close_and_wake(&mut self) {
+    /// Invariant 2: marks the list closed and moves up to one batch of wakers out,
+    /// unlinking each node completely first (the list stays consistent whatever a waker
+    /// does later). Returns whether waiters remain.
+    pub(crate) fn close_and_take(&mut self, batch: &mut WakeBatch) -> bool {
         self.closed = true;
-        let mut p = self.head;
-        self.head = ptr::null_mut();
-        while !p.is_null() {
+        while !batch.is_full() {
+            let p = self.head;
+            if p.is_null() {
+                return false;
+            }
             // SAFETY: linked nodes are alive (invariant 1) and we hold the lock.
             let n = unsafe { &mut *p };
-            p = n.next;
+            self.head = n.next;
+            if !self.head.is_null() {
+                // SAFETY: as above.
+                unsafe { (*self.head).prev = ptr::null_mut() };
+            }
             n.linked = false;
-            n.prev = ptr::null_mut();
             n.next = ptr::null_mut();
             if let Some(w) = n.waker.take() {
-                w.wake();
+                batch.push(w);
             }
         }
+        !self.head.is_null()
     }
 
     /// # Safety
@@ -103,6 +111,39 @@ impl WaitList {
             (*n).next = ptr::null_mut();
             (*n).waker = None;
         }
+    }
+}
+
+/// Wakers taken out of a wait list, to be woken after its lock is released (a fixed
+/// array on the stack, as tokio's `WakeList`: waking allocates nothing).
+pub(crate) struct WakeBatch {
+    wakers: [Option<Waker>; WakeBatch::CAP],
+    len: usize,
+}
+
+impl WakeBatch {
+    const CAP: usize = 32;
+
+    pub(crate) fn new() -> Self {
+        WakeBatch {
+            wakers: [const { None }; WakeBatch::CAP],
+            len: 0,
+        }
+    }
+
+    fn is_full(&self) -> bool {
+        self.len == Self::CAP
+    }
+
+    fn push(&mut self, w: Waker) {
+        self.wakers[self.len] = Some(w);
+        self.len += 1;
+    }
+
+    /// The wakers, each handed out once.
+    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Waker> + '_ {
+        let n = core::mem::take(&mut self.len);
+        self.wakers[..n].iter_mut().filter_map(Option::take)
     }
 }
 

@@ -215,3 +215,19 @@ fn slot_reuse_races_registration() {
         drop(h_new);
     });
 }
+
+/// Table growth: the third registration allocates the directory and a chunk (loom builds
+/// use two inline slots) while the parent is cancelled; the new child is still reached.
+#[test]
+fn table_growth_races_cancel() {
+    model(|| {
+        let (parent, cancel) = Context::background().child();
+        let (a, _ha) = parent.child();
+        let (b, _hb) = parent.child();
+        let t = thread::spawn(move || parent.child());
+        cancel.cancel();
+        let (c, hc) = t.join().unwrap();
+        assert!(a.is_cancelled() && b.is_cancelled() && c.is_cancelled());
+        drop(hc);
+    });
+}

@@ -1,0 +1,1 @@
+//! Holder crate for kontext's criterion benchmarks (`cargo bench -p kontext-benches`).
