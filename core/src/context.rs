@@ -153,7 +153,7 @@ impl Context {
     #[doc(alias = "WithCancel")]
     #[doc(alias = "WithCancelCause")]
     pub fn child(&self) -> (Context, CancelHandle) {
-        CancelHandle::new(tree::new_cancel(self.header(), None))
+        CancelHandle::new(tree::new_cancel(self.node, None))
     }
 
     /// A child that is done at `deadline` (Go's `context.WithDeadline`), or at the parent's,
@@ -218,7 +218,7 @@ impl Context {
         } else {
             None // the parent's deadline is sooner: this is just a cancellable child (as Go)
         };
-        CancelHandle::new(tree::new_cancel(self.header(), d))
+        CancelHandle::new(tree::new_cancel(self.node, d))
     }
 
     /// A child carrying `value`, found by [`value::<T>()`](Context::value) here and below
@@ -227,7 +227,7 @@ impl Context {
     /// on its own.
     #[doc(alias = "WithValue")]
     pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
-        Context::from_node(tree::new_value(self.header(), value))
+        Context::from_node(tree::new_value(self.node, value))
     }
 
     /// A child that keeps the parent's values (and clock) but is never cancelled by it and
@@ -236,7 +236,7 @@ impl Context {
     #[doc(alias = "WithoutCancel")]
     pub fn detached(&self) -> Context {
         let clock = self.header().and_then(Header::clock);
-        Context::from_node(tree::new_clock(self.header(), clock))
+        Context::from_node(tree::new_clock(self.node, clock))
     }
 
     /// Runs `f` once when the context is done (Go's `context.AfterFunc`), on the thread

@@ -604,6 +604,12 @@ fn resolve(mut n: &CancelNode, mut st: *mut CauseRecord) -> (Error, &Cause) {
     }
 }
 
+/// As `owner_of`, as the raw pointer of the allocation (for paths that may free it).
+fn owner_ptr(h: &Header) -> Option<NonNull<CancelNode>> {
+    // SAFETY: invariant 2.
+    h.parent.and_then(|p| unsafe { p.as_ref() }.state_src)
+}
+
 /// The cancel node whose table a registered node sits in.
 fn owner_of(h: &Header) -> Option<&CancelNode> {
     // SAFETY: invariant 2.
@@ -850,7 +856,9 @@ struct Derive {
     values: Option<NonNull<Header>>,
 }
 
-fn derive_from(parent: Option<&Header>) -> Derive {
+/// Pointers that may end up freeing a node are always the raw pointers of the allocation
+/// (never re-derived from references), so they keep the permission to deallocate.
+fn derive_from(parent: Option<NonNull<Header>>) -> Derive {
     track(1); // every caller allocates exactly one node
     match parent {
         None => Derive {
@@ -859,10 +867,12 @@ fn derive_from(parent: Option<&Header>) -> Derive {
             time_src: None,
             values: None,
         },
-        Some(p) => {
+        Some(raw) => {
+            // SAFETY: the caller holds a handle on `raw` (invariant 1).
+            let p = unsafe { raw.as_ref() };
             acquire_handle(&p.link);
             Derive {
-                parent: Some(NonNull::from(p)),
+                parent: Some(raw),
                 state_src: p.state_src,
                 time_src: p.time_src,
                 values: p.values,
@@ -916,10 +926,16 @@ fn publish(owner: &CancelNode, side: &Side, idx: usize, l: NonNull<Link>) -> boo
     owner.recheck_cancelled()
 }
 
+/// Moves a node to the heap; the returned pointer keeps the allocation's full permissions.
+fn alloc_node<N>(n: N) -> NonNull<N> {
+    // SAFETY: `Box::into_raw` never returns null.
+    unsafe { NonNull::new_unchecked(Box::into_raw(Box::new(n))) }
+}
+
 /// A new cancel node below `parent`, optionally with its own deadline; returns it with two
 /// handles (the context's and the cancel handle's).
 pub(crate) fn new_cancel(
-    parent: Option<&Header>,
+    parent: Option<NonNull<Header>>,
     deadline: Option<(u64, &'static dyn Clock, Option<Box<Cause>>)>,
 ) -> NonNull<CancelNode> {
     let d = derive_from(parent);
@@ -941,19 +957,20 @@ pub(crate) fn new_cancel(
         side: AtomicPtr::new(ptr::null_mut()),
     };
     let p: NonNull<CancelNode> = match deadline {
-        None => NonNull::from(Box::leak(Box::new(node(Kind::Cancel)))),
+        None => alloc_node(node(Kind::Cancel)),
         Some((deadline, clock, cause)) => {
-            let n = Box::leak(Box::new(DeadlineNode {
+            let time = TimeExt {
+                deadline,
+                clock,
+                cause,
+            };
+            let p = alloc_node(DeadlineNode {
                 node: node(Kind::Deadline),
-                time: TimeExt {
-                    deadline,
-                    clock,
-                    cause,
-                },
-            }));
-            let p = NonNull::from(&mut n.node);
-            n.node.header.time_src = Some(p.cast());
-            p
+                time,
+            });
+            // SAFETY: fresh and unshared; every `#[repr(C)]` node starts with its header.
+            unsafe { (*p.as_ptr()).node.header.time_src = Some(p.cast()) };
+            p.cast()
         }
     };
     // SAFETY: not yet shared; we are the only user.
@@ -968,7 +985,7 @@ pub(crate) fn new_cancel(
 }
 
 pub(crate) fn new_value<T: Send + Sync + 'static>(
-    parent: Option<&Header>,
+    parent: Option<NonNull<Header>>,
     value: T,
 ) -> NonNull<Header> {
     unsafe fn drop_value<T>(h: NonNull<Header>) {
@@ -976,23 +993,24 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
         drop(unsafe { Box::from_raw(h.cast::<ValueNode<T>>().as_ptr()) });
     }
     let d = derive_from(parent);
-    let n = Box::leak(Box::new(ValueNode {
+    let p = alloc_node(ValueNode {
         head: ValueHead {
             header: header(Kind::Value, HANDLE + MEM_COLLECTIVE, NO_SLOT, &d),
             type_id: TypeId::of::<T>(),
             drop: drop_value::<T>,
         },
         value,
-    }));
-    let p = NonNull::from(&mut n.head.header);
-    n.head.header.values = Some(p);
+    })
+    .cast::<Header>();
+    // SAFETY: fresh and unshared.
+    unsafe { (*p.as_ptr()).values = Some(p) };
     p
 }
 
 /// A node that fixes the clock for its subtree and cuts it off from the parent's
 /// cancellation and deadline (`detached`), or a clock root (`parent == None`).
 pub(crate) fn new_clock(
-    parent: Option<&Header>,
+    parent: Option<NonNull<Header>>,
     clock: Option<&'static dyn Clock>,
 ) -> NonNull<Header> {
     struct NoClock;
@@ -1003,16 +1021,17 @@ pub(crate) fn new_clock(
     }
     let mut d = derive_from(parent);
     d.state_src = None;
-    let n = Box::leak(Box::new(ClockNode {
+    let p = alloc_node(ClockNode {
         header: header(Kind::Clock, HANDLE + MEM_COLLECTIVE, NO_SLOT, &d),
         time: TimeExt {
             deadline: Instant::NEVER,
             clock: clock.unwrap_or(&NoClock),
             cause: None,
         },
-    }));
-    let p = NonNull::from(&mut n.header);
-    n.header.time_src = clock.map(|_| p);
+    })
+    .cast::<Header>();
+    // SAFETY: fresh and unshared.
+    unsafe { (*p.as_ptr()).time_src = clock.map(|_| p) };
     p
 }
 
@@ -1114,8 +1133,7 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                 if cur == root {
                     break;
                 }
-                let up =
-                    NonNull::from(owner_of(&c.header).expect("registered nodes have an owner"));
+                let up = owner_ptr(&c.header).expect("registered nodes have an owner");
                 next = c.header.link.slot as usize + 1;
                 // SAFETY: we took `cur`'s registration from `up`'s table; `up` stays alive
                 // through our reference on it (or the caller's, for the root).
@@ -1223,7 +1241,7 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
             }
         }
     }
-    let Some(owner) = ctx.state_src() else {
+    let Some(owner_raw) = ctx.state_src else {
         return None; // never cancelled: `f` never runs (Go: AfterFunc(Background, f)).
     };
     if ctx.is_done() {
@@ -1232,11 +1250,13 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
         panics.finish();
         return None;
     }
+    // SAFETY: invariant 2 (the caller's context keeps its `state_src` alive).
+    let owner = unsafe { owner_raw.as_ref() };
     acquire_handle(&owner.header.link);
     track(1);
     let side = owner.ensure_side();
     let idx = side.claim();
-    let e = Box::leak(Box::new(CallbackEntry {
+    let e = alloc_node(CallbackEntry {
         head: CallbackHead {
             link: Link {
                 refs: AtomicUsize::new(HANDLE + MEM_COLLECTIVE + MEM_REGISTERED),
@@ -1244,12 +1264,12 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
                 slot: idx as u32,
             },
             state: AtomicUsize::new(CB_PENDING),
-            owner: NonNull::from(owner),
+            owner: owner_raw,
             finish: finish::<F>,
         },
         f: UnsafeCell::new(ManuallyDrop::new(f)),
-    }));
-    let l = NonNull::from(&mut e.head.link);
+    });
+    let l = e.cast::<Link>();
     // A deadline that passed but was not yet observed counts as done too.
     if publish(owner, side, idx, l) || ctx.check_deadline() {
         // The owner is cancelled: the walker may or may not have seen us, so race it for
