@@ -91,7 +91,7 @@ impl Context {
     pub fn err(&self) -> Option<Error> {
         #[cfg(feature = "alloc")]
         if let Some(h) = self.header() {
-            return h.done().map(|(e, _)| e);
+            return h.err();
         }
         None
     }

@@ -523,23 +523,36 @@ impl Header {
         }
     }
 
-    /// Why the context is done, with its cause; `None` while it is not.
-    pub(crate) fn done(&self) -> Option<(Error, &Cause)> {
-        if let Some(s) = self.state_src() {
-            // Acquire: as in `is_done`.
-            let st = s.state.load(Acquire);
+    /// The node whose final state answers "why done" (`None` while live), with that state.
+    fn done_state(&self) -> Option<(NonNull<CancelNode>, *mut CauseRecord)> {
+        if let Some(s) = self.state_src {
+            // Acquire: as in `is_done`. SAFETY: invariant 2.
+            let st = unsafe { s.as_ref() }.state.load(Acquire);
             if st.addr() != LIVE {
-                return Some(resolve(s, st));
+                return Some((s, st));
             }
         }
         if self.check_deadline() {
-            let t = self.time_src.expect("a deadline has a time source");
-            // SAFETY: only deadline nodes have deadlines, and they are cancel nodes.
-            let owner = unsafe { &*t.cast::<CancelNode>().as_ptr() };
+            // Only deadline nodes have deadlines, and they are cancel nodes.
+            let owner = self
+                .time_src
+                .expect("a deadline has a time source")
+                .cast::<CancelNode>();
             // Acquire: `expire` has returned, so somebody won the owner's CAS; as above.
-            return Some(resolve(owner, owner.state.load(Acquire)));
+            // SAFETY: invariant 2.
+            return Some((owner, unsafe { owner.as_ref() }.state.load(Acquire)));
         }
         None
+    }
+
+    /// Why the context is done; `None` while it is not.
+    pub(crate) fn err(&self) -> Option<Error> {
+        self.done_state().map(|(_, st)| reason_of(st))
+    }
+
+    /// Why the context is done, with its cause; `None` while it is not.
+    pub(crate) fn done(&self) -> Option<(Error, &Cause)> {
+        self.done_state().map(|(n, st)| resolve(n, st))
     }
 
     pub(crate) fn value<T: 'static>(&self) -> Option<&T> {
@@ -576,22 +589,41 @@ unsafe fn time_ext<'a>(t: NonNull<Header>) -> &'a TimeExt {
     }
 }
 
-/// Follows inherited states up to the node that was cancelled first.
-fn resolve(mut n: &CancelNode, mut st: *mut CauseRecord) -> (Error, &Cause) {
+/// The reason a final state stands for: encoded in the state itself (inherited states
+/// carry their reason), so no walk is needed.
+fn reason_of(st: *mut CauseRecord) -> Error {
+    match st.addr() {
+        CANCELLED | INH_CANCELLED => Error::Cancelled,
+        DEADLINE | DEADLINE_OWN_CAUSE | INH_DEADLINE => Error::DeadlineExceeded,
+        LIVE => unreachable!("reason of a live node"),
+        // SAFETY: a record stays valid while its node lives; the caller's node keeps it.
+        _ => unsafe { (*st).reason },
+    }
+}
+
+/// Follows inherited states up to the node that was cancelled first, for its cause.
+///
+/// Takes the allocation's raw pointer: the deadline case reads past the `CancelNode`
+/// prefix, which a pointer re-derived from a `&CancelNode` may not (Stacked Borrows).
+fn resolve<'a>(mut n: NonNull<CancelNode>, mut st: *mut CauseRecord) -> (Error, &'a Cause) {
     loop {
         match st.addr() {
             CANCELLED => return (Error::Cancelled, Error::Cancelled.as_cause()),
             DEADLINE => return (Error::DeadlineExceeded, Error::DeadlineExceeded.as_cause()),
             DEADLINE_OWN_CAUSE => {
-                // SAFETY: this state is only stored on deadline nodes.
-                let te = unsafe { time_ext(NonNull::from(&n.header)) };
+                // SAFETY: this state is only stored on deadline nodes; `n` is the raw
+                // pointer of the allocation, alive by invariant 2.
+                let te = unsafe { time_ext(n.cast()) };
                 let cause = te.cause.as_deref().expect("state says a cause exists");
                 return (Error::DeadlineExceeded, cause);
             }
             INH_CANCELLED | INH_DEADLINE => {
-                n = owner_of(&n.header).expect("an inherited state has an owner");
-                // Acquire: the owner's final state, published by its SeqCst CAS.
-                st = n.state.load(Acquire);
+                // SAFETY: `n` is alive (invariant 2).
+                n = owner_ptr(unsafe { &n.as_ref().header })
+                    .expect("an inherited state has an owner");
+                // Acquire: the owner's final state, published by its CAS in `cancel`.
+                // SAFETY: as above.
+                st = unsafe { n.as_ref() }.state.load(Acquire);
             }
             LIVE => unreachable!("resolve on a live node"),
             _ => {
@@ -658,8 +690,7 @@ impl CancelNode {
 
     fn inherited_state(&self) -> *mut CauseRecord {
         // Acquire: the final state published by the owner's CAS.
-        let st = self.state.load(Acquire);
-        let (reason, _) = resolve(self, st);
+        let reason = reason_of(self.state.load(Acquire));
         sentinel(if reason == Error::DeadlineExceeded {
             INH_DEADLINE
         } else {
