@@ -1,5 +1,7 @@
 //! `on_cancel` (Go's `AfterFunc`): runs exactly once, at once on a done context, `stop()`
 //! semantics, re-entrancy from inside a callback, and panicking callbacks.
+// Helpers for the `std`-only tests (caught panics, the default clock) go unused without it.
+#![cfg_attr(not(feature = "std"), allow(unused))]
 
 use core::time::Duration;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -342,6 +344,7 @@ fn a_callback_may_hold_its_own_context() {
     assert_eq!(n.load(SeqCst), 1);
 }
 
+#[cfg(feature = "std")] // needs std: caught panics
 #[test]
 fn a_panicking_callback_resumes_in_cancel_after_the_tree_is_cancelled() {
     let n = counter();
@@ -368,6 +371,7 @@ fn a_panicking_callback_resumes_in_cancel_after_the_tree_is_cancelled() {
     assert!(!hp.cancel());
 }
 
+#[cfg(feature = "std")] // needs std: the default StdClock
 #[test]
 fn only_the_first_of_several_panics_is_resumed() {
     let n = counter();
@@ -383,6 +387,7 @@ fn only_the_first_of_several_panics_is_resumed() {
     assert!(kid.is_cancelled());
 }
 
+#[cfg(feature = "std")] // needs std: caught panics
 #[test]
 fn a_panicking_callback_resumes_in_the_dropping_handle() {
     let n = counter();
@@ -397,6 +402,7 @@ fn a_panicking_callback_resumes_in_the_dropping_handle() {
     assert_eq!(n.load(SeqCst), 1);
 }
 
+#[cfg(feature = "std")] // needs std: caught panics
 #[test]
 fn a_panicking_callback_on_a_done_context_panics_in_on_cancel() {
     let (ctx, h) = Context::background().child();

@@ -2,6 +2,8 @@
 //! deadlines, saturation, and lazy expiry that cancels the deadline's owner and subtree.
 //!
 //! Every test has its own clock: tests run in parallel in one process.
+// Helpers for the `std`-only tests (caught panics, the default clock) go unused without it.
+#![cfg_attr(not(feature = "std"), allow(unused))]
 
 use core::fmt;
 use core::time::Duration;
@@ -298,6 +300,7 @@ fn descendants_use_the_roots_clock() {
     assert_eq!(v.clock().map(|c| c.now()), Some(at(50)));
 }
 
+#[cfg(feature = "std")] // needs std: the default StdClock
 #[test]
 fn background_tree_timeouts_use_the_std_clock() {
     let (ctx, _h) = Context::background().with_timeout(Duration::from_secs(24 * 3600));

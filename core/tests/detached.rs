@@ -1,5 +1,7 @@
 //! `detached()` (Go's `WithoutCancel`): keeps values and the clock, drops cancellation
 //! and deadlines.
+// Helpers for the `std`-only tests (caught panics, the default clock) go unused without it.
+#![cfg_attr(not(feature = "std"), allow(unused))]
 
 use core::pin::pin;
 use core::task::{Context as TaskContext, Poll, Waker};
@@ -108,6 +110,7 @@ fn callbacks_and_waits_on_a_detached_context_never_fire() {
     assert_eq!(wait.as_mut().poll(&mut cx), Poll::Pending);
 }
 
+#[cfg(feature = "std")] // needs std: the default StdClock
 #[test]
 fn detached_of_background() {
     let d = Context::background().with_value(3i8).detached();

@@ -5,6 +5,8 @@
 //! The count is per thread (each test runs on its own thread and allocates and frees
 //! everything it measures on it), so the tests here do not disturb one another and the
 //! harness's own allocations on other threads are not counted.
+// Helpers for the `std`-only tests (caught panics, the default clock) go unused without it.
+#![cfg_attr(not(feature = "std"), allow(unused))]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -73,8 +75,10 @@ const CHILDREN: usize = if cfg!(miri) { 200 } else { 1_000_000 };
 
 #[test]
 fn a_long_lived_parent_with_a_million_short_lived_children_returns_to_its_start() {
+    static CLOCK: ManualClock = ManualClock::new();
     let start = live();
-    let (parent, hp) = Context::background().child();
+    // A clock root, so the deadline children below need no `std` clock.
+    let (parent, hp) = Context::with_clock(&CLOCK).child();
     // The parent's slot table is allocated by its first child and kept until it goes.
     drop(parent.child());
     let warm = live();
@@ -256,6 +260,7 @@ fn quiet_panics_on_this_thread(quiet: bool) {
     }
 }
 
+#[cfg(feature = "std")] // needs std: caught panics
 #[test]
 fn a_panicking_callback_leaks_nothing_when_cancel_resumes_it() {
     quiet_panics_on_this_thread(true);
@@ -275,6 +280,7 @@ fn a_panicking_callback_leaks_nothing_when_cancel_resumes_it() {
     assert_eq!(end, start);
 }
 
+#[cfg(feature = "std")] // needs std: caught panics
 #[test]
 fn a_panicking_callback_leaks_nothing_when_the_dropped_handle_resumes_it() {
     quiet_panics_on_this_thread(true);

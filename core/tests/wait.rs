@@ -1,5 +1,7 @@
 //! Waiting: the `cancelled()` futures, exactly-once wake-ups, and the
 //! `run_until_cancelled` / `stream_until_cancelled` combinators.
+// Helpers for the `std`-only tests (caught panics, the default clock) go unused without it.
+#![cfg_attr(not(feature = "std"), allow(unused))]
 
 use core::future::Future;
 use core::pin::{pin, Pin};
@@ -368,6 +370,7 @@ impl Wake for PanickingWaker {
     }
 }
 
+#[cfg(feature = "std")] // needs std: caught panics
 #[test]
 fn a_panicking_waker_does_not_keep_the_cancel_from_the_subtree() {
     let (ctx, h) = Context::background().child();
