@@ -83,7 +83,7 @@ fn worker(parent: &Context, seed: u64, progress: &AtomicUsize) -> Leftovers {
                 if poll_once(fut.as_mut(), &wc).is_pending() {
                     out.waiters.push((fut, wc));
                 }
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     h.cancel();
                 } else {
                     out.kept.push((c, h));
@@ -129,7 +129,7 @@ fn worker(parent: &Context, seed: u64, progress: &AtomicUsize) -> Leftovers {
                 let (g, hg) = v.child();
                 let (d, hd) = g.with_timeout(Duration::from_secs(3600));
                 assert_eq!(d.value::<u64>(), Some(&seed));
-                if rng.next() % 2 == 0 {
+                if rng.next().is_multiple_of(2) {
                     h.cancel();
                     assert_eq!(d.err(), Some(Error::Cancelled));
                     drop((g, hg, d, hd));
