@@ -420,6 +420,16 @@ impl CancelHandle {
         Context::from_node(self.node.cast())
     }
 
+    /// A second handle that can cancel but does not cancel on drop (for join handles).
+    #[cfg(feature = "rt")]
+    pub(crate) fn unarmed(&self) -> CancelHandle {
+        tree::acquire_handle(self.node().header().link());
+        CancelHandle {
+            node: self.node,
+            armed: false,
+        }
+    }
+
     /// Gives up the right to cancel without cancelling: the context then ends with its
     /// parent (or lives while referenced). Returns the context.
     pub fn disarm(mut self) -> Context {

@@ -9,6 +9,9 @@ extern crate std;
 
 mod context;
 mod error;
+#[cfg(feature = "rt")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
+pub mod rt;
 mod sync;
 mod time;
 #[cfg(feature = "alloc")]

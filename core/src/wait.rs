@@ -260,6 +260,11 @@ impl<'a> Cancelled<'a> {
             waiter: Waiter::new(),
         }
     }
+
+    /// The context waited on.
+    pub fn context(&self) -> &'a Context {
+        self.ctx
+    }
 }
 
 impl Future for Cancelled<'_> {
@@ -287,6 +292,11 @@ impl CancelledOwned {
             waiter: Waiter::new(),
             ctx,
         }
+    }
+
+    /// The context waited on.
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 }
 

@@ -1,0 +1,206 @@
+//! kontext on smol: one dependency line gives the whole kontext API plus what needs a
+//! runtime — waiting that wakes at a deadline (`async-io` timers), tasks bound to a
+//! context (on smol's global executor or an explicit [`async_executor::Executor`]),
+//! errgroup-style [`Group`]s, and draining tasks on shutdown.
+//!
+//! ```
+//! use std::time::Duration;
+//! use kontext_smol::{ContextExt, Error};
+//!
+//! smol::block_on(async {
+//!     let root = kontext_smol::background();
+//!     let (req, _cancel) = root.with_timeout(Duration::from_millis(20));
+//!     let task = req.spawn(|_ctx| async move {
+//!         smol::Timer::after(Duration::from_secs(10)).await; // slow work: dropped at the deadline
+//!         "finished"
+//!     });
+//!     let err = task.await.unwrap_err();
+//!     assert_eq!(err.reason(), Some(Error::DeadlineExceeded));
+//!     req.done().await; // one timer, only because there is a deadline
+//!     assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+//! });
+//! ```
+//!
+//! Deterministic tests inject time: build the root with
+//! `Context::with_clock(&TIME)` for a `static TIME: kontext::rt::ManualTime` and pass
+//! `&TIME` as the timer ([`ContextExt::done_with`], [`SmolSpawner`] +
+//! [`rt::spawn`], [`rt::Group::with_runtime`]).
+
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context as TaskContext, Poll};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_executor::Executor;
+pub use kontext::*;
+
+/// [`kontext::rt::JoinHandle`] on smol: awaits a bound task, can cancel it.
+pub type JoinHandle<T> = rt::JoinHandle<SmolSpawner, T>;
+/// [`kontext::rt::Group`] on smol (Go's `errgroup`).
+pub type Group<E> = rt::Group<SmolSpawner, SmolTimer, E>;
+/// [`kontext::rt::Done`] with `async-io`'s timer.
+pub type Done<'a> = rt::Done<'a, SmolTimer>;
+/// [`kontext::rt::Run`] with `async-io`'s timer.
+pub type Run<'a, F> = rt::Run<'a, SmolTimer, F>;
+pub use kontext::rt::{DrainTimeout, JoinError, TaskPanicked, TaskTracker};
+
+/// A root whose descendants measure deadlines on `std::time::Instant` (the clock
+/// `async-io` timers use). The same as [`Context::background`], spelled for symmetry with
+/// the other adapters.
+pub fn background() -> Context {
+    Context::with_clock(StdClock::STATIC)
+}
+
+/// `async-io`'s timer for [`kontext::rt`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SmolTimer;
+
+/// An `async_io::Timer` as a `()` future.
+#[derive(Debug)]
+#[must_use = "futures do nothing unless polled"]
+pub struct SmolSleep(async_io::Timer);
+
+impl Future for SmolSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<()> {
+        Pin::new(&mut self.0).poll(cx).map(drop)
+    }
+}
+
+impl rt::Timer for SmolTimer {
+    type Sleep = SmolSleep;
+    fn sleep(&self, duration: Duration) -> SmolSleep {
+        // `Timer::after` saturates to `Timer::never()` when the deadline overflows.
+        SmolSleep(async_io::Timer::after(duration))
+    }
+}
+
+/// Spawns on smol's global executor (`smol::spawn`) or on an explicit executor.
+#[derive(Debug, Clone, Default)]
+pub struct SmolSpawner {
+    executor: Option<Arc<Executor<'static>>>,
+}
+
+impl SmolSpawner {
+    /// Spawns on `executor` (run it yourself: `executor.run(..)`).
+    pub fn on(executor: Arc<Executor<'static>>) -> Self {
+        SmolSpawner {
+            executor: Some(executor),
+        }
+    }
+}
+
+impl rt::Spawn for SmolSpawner {
+    type Handle<T: Send + 'static> = SmolHandle<T>;
+    fn spawn<F>(&self, future: F) -> SmolHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let task = match &self.executor {
+            Some(ex) => ex.spawn(future),
+            None => smol::spawn(future),
+        };
+        SmolHandle(Some(task.fallible()))
+    }
+}
+
+/// A smol task as [`rt::Spawn::Handle`]: `None` if its executor dropped it. Unlike a bare
+/// `smol::Task`, dropping it detaches the task (which still ends with its context).
+#[derive(Debug)]
+pub struct SmolHandle<T>(Option<async_task::FallibleTask<T>>);
+
+impl<T> Future for SmolHandle<T> {
+    type Output = Option<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<T>> {
+        match self.0.as_mut() {
+            Some(t) => Pin::new(t).poll(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl<T> Drop for SmolHandle<T> {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.detach();
+        }
+    }
+}
+
+/// The runtime half of [`Context`] on smol.
+pub trait ContextExt {
+    /// Completes when the context is done, waking at its deadline (one `async-io` timer,
+    /// only if it has one). Go's `<-ctx.Done()`.
+    fn done(&self) -> Done<'_>;
+
+    /// [`done`](ContextExt::done) with another timer (e.g. a
+    /// [`ManualTime`](kontext::rt::ManualTime) in tests).
+    fn done_with<T: rt::Timer>(&self, timer: T) -> rt::Done<'_, T>;
+
+    /// Runs `future` until it completes (`Ok`) or the context is done, at the latest at
+    /// its deadline (`Err(reason)`); the future is then no longer polled.
+    fn run<F: Future>(&self, future: F) -> Run<'_, F>;
+
+    /// Spawns on smol's global executor a task bound to a fresh child of this context:
+    /// the future is dropped as soon as the child is done (cancel or deadline), and the
+    /// child is cancelled when the task ends. See [`kontext::rt::spawn`].
+    fn spawn<F, Fut>(&self, f: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static;
+
+    /// Like [`spawn`](ContextExt::spawn), on `executor`.
+    fn spawn_on<F, Fut>(&self, executor: &Arc<Executor<'static>>, f: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static;
+
+    /// Sleeps for `duration`, or less if the context is done first (`Err(reason)`).
+    fn sleep(&self, duration: Duration) -> Run<'_, SmolSleep>;
+}
+
+impl ContextExt for Context {
+    fn done(&self) -> Done<'_> {
+        rt::Done::new(self, SmolTimer)
+    }
+
+    fn done_with<T: rt::Timer>(&self, timer: T) -> rt::Done<'_, T> {
+        rt::Done::new(self, timer)
+    }
+
+    fn run<F: Future>(&self, future: F) -> Run<'_, F> {
+        rt::Run::new(self, SmolTimer, future)
+    }
+
+    fn spawn<F, Fut>(&self, f: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        rt::spawn(&SmolSpawner::default(), SmolTimer, self, f)
+    }
+
+    fn spawn_on<F, Fut>(&self, executor: &Arc<Executor<'static>>, f: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        rt::spawn(&SmolSpawner::on(executor.clone()), SmolTimer, self, f)
+    }
+
+    fn sleep(&self, duration: Duration) -> Run<'_, SmolSleep> {
+        self.run(rt::Timer::sleep(&SmolTimer, duration))
+    }
+}
+
+/// Waits until every task counted by `tracker` has ended, or until `grace` has passed
+/// (`Err` says how many are left). Cancel the tracked context first.
+pub async fn drain(tracker: &TaskTracker, grace: Option<Duration>) -> Result<(), DrainTimeout> {
+    rt::drain(&SmolTimer, tracker, grace).await
+}

@@ -1,0 +1,213 @@
+//! kontext on tokio: one dependency line gives the whole kontext API plus what needs a
+//! runtime — a clock that follows tokio's (paused) time, waiting that wakes at a deadline,
+//! tasks bound to a context, errgroup-style [`Group`]s, and graceful shutdown.
+//!
+//! ```
+//! use std::time::Duration;
+//! use kontext_tokio::{ContextExt, Error};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() {
+//! let root = kontext_tokio::background();
+//! let (req, _cancel) = root.with_timeout(Duration::from_millis(50));
+//! let task = req.spawn(|_ctx| async move {
+//!     tokio::time::sleep(Duration::from_secs(10)).await; // slow work: dropped at the deadline
+//!     "finished"
+//! });
+//! let err = task.await.unwrap_err();
+//! assert_eq!(err.reason(), Some(Error::DeadlineExceeded));
+//! req.done().await; // one timer, only because there is a deadline
+//! assert_eq!(req.err(), Some(Error::DeadlineExceeded));
+//! # }
+//! ```
+//!
+//! Everything runtime-neutral comes from [`kontext`] (re-exported here) and its
+//! [`rt`](kontext::rt) module; this crate binds tokio's clock, timer and spawner to it.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context as TaskContext, Poll};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub use kontext::*;
+
+#[cfg(feature = "signal")]
+pub mod shutdown;
+
+/// [`kontext::rt::JoinHandle`] on tokio: awaits a bound task, can cancel it.
+pub type JoinHandle<T> = rt::JoinHandle<TokioSpawner, T>;
+/// [`kontext::rt::Group`] on tokio (Go's `errgroup`).
+pub type Group<E> = rt::Group<TokioSpawner, TokioTimer, E>;
+/// [`kontext::rt::Done`] with tokio's timer.
+pub type Done<'a> = rt::Done<'a, TokioTimer>;
+/// [`kontext::rt::Run`] with tokio's timer.
+pub type Run<'a, F> = rt::Run<'a, TokioTimer, F>;
+pub use kontext::rt::{DrainTimeout, JoinError, Signal, TaskPanicked, TaskTracker};
+
+/// A root whose descendants measure deadlines on tokio's clock ([`TokioClock`]), so
+/// `tokio::time::pause()` and `#[tokio::test(start_paused = true)]` make them
+/// deterministic. Use it instead of [`Context::background`].
+pub fn background() -> Context {
+    Context::with_clock(&TokioClock)
+}
+
+/// tokio's clock (`tokio::time::Instant`, which follows paused and advanced time) as a
+/// kontext [`Clock`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioClock;
+
+/// The origin of kontext instants: a little before the first use, so every tokio instant
+/// of this process, paused runtimes included (they start at the real time of their
+/// creation), lies after it.
+fn origin() -> std::time::Instant {
+    static ORIGIN: OnceLock<std::time::Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(|| {
+        let now = std::time::Instant::now();
+        [3600, 60, 1]
+            .into_iter()
+            .find_map(|s| now.checked_sub(Duration::from_secs(s)))
+            .unwrap_or(now)
+    })
+}
+
+impl TokioClock {
+    /// The kontext instant of a tokio instant.
+    pub fn instant(at: tokio::time::Instant) -> Instant {
+        let since = at.into_std().saturating_duration_since(origin());
+        Instant::ZERO.saturating_add(since)
+    }
+}
+
+impl Clock for TokioClock {
+    fn now(&self) -> Instant {
+        TokioClock::instant(tokio::time::Instant::now())
+    }
+}
+
+/// tokio's timer (`tokio::time::sleep`) for [`kontext::rt`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokioTimer;
+
+impl rt::Timer for TokioTimer {
+    type Sleep = tokio::time::Sleep;
+    fn sleep(&self, duration: Duration) -> Self::Sleep {
+        // `sleep` saturates a far-future deadline itself.
+        tokio::time::sleep(duration)
+    }
+}
+
+/// Spawns on the current tokio runtime (`tokio::spawn`), or on a given runtime handle.
+#[derive(Debug, Clone, Default)]
+pub struct TokioSpawner {
+    handle: Option<tokio::runtime::Handle>,
+}
+
+impl TokioSpawner {
+    /// Spawns on `handle`'s runtime instead of the current one.
+    pub fn on(handle: tokio::runtime::Handle) -> Self {
+        TokioSpawner {
+            handle: Some(handle),
+        }
+    }
+}
+
+impl rt::Spawn for TokioSpawner {
+    type Handle<T: Send + 'static> = TokioHandle<T>;
+    fn spawn<F>(&self, future: F) -> TokioHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        TokioHandle(match &self.handle {
+            Some(h) => h.spawn(future),
+            None => tokio::spawn(future),
+        })
+    }
+}
+
+/// A tokio `JoinHandle` as [`rt::Spawn::Handle`]: `None` if the runtime dropped the task.
+#[derive(Debug)]
+pub struct TokioHandle<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Future for TokioHandle<T> {
+    type Output = Option<T>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<T>> {
+        Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(v) => Some(v),
+            // Bound tasks catch their own panics; a panic here is the runtime's business.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => None,
+        })
+    }
+}
+
+/// The runtime half of [`Context`] on tokio.
+pub trait ContextExt {
+    /// Completes when the context is done, waking at its deadline (one tokio timer, only
+    /// if it has one). Go's `<-ctx.Done()`.
+    fn done(&self) -> Done<'_>;
+
+    /// Runs `future` until it completes (`Ok`) or the context is done, at the latest at
+    /// its deadline (`Err(reason)`); the future is then no longer polled.
+    fn run<F: Future>(&self, future: F) -> Run<'_, F>;
+
+    /// Spawns a task bound to a fresh child of this context: the future is dropped as
+    /// soon as the child is done (cancel or deadline), and the child is cancelled when the
+    /// task ends. See [`kontext::rt::spawn`].
+    fn spawn<F, Fut>(&self, f: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static;
+
+    /// Like [`spawn`](ContextExt::spawn), on the runtime behind `handle`.
+    fn spawn_on<F, Fut>(&self, handle: &tokio::runtime::Handle, f: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static;
+
+    /// Sleeps for `duration`, or less if the context is done first (`Err(reason)`).
+    fn sleep(&self, duration: Duration) -> Run<'_, tokio::time::Sleep>;
+}
+
+impl ContextExt for Context {
+    fn done(&self) -> Done<'_> {
+        rt::Done::new(self, TokioTimer)
+    }
+
+    fn run<F: Future>(&self, future: F) -> Run<'_, F> {
+        rt::Run::new(self, TokioTimer, future)
+    }
+
+    fn spawn<F, Fut>(&self, f: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        rt::spawn(&TokioSpawner::default(), TokioTimer, self, f)
+    }
+
+    fn spawn_on<F, Fut>(&self, handle: &tokio::runtime::Handle, f: F) -> JoinHandle<Fut::Output>
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
+        rt::spawn(&TokioSpawner::on(handle.clone()), TokioTimer, self, f)
+    }
+
+    fn sleep(&self, duration: Duration) -> Run<'_, tokio::time::Sleep> {
+        self.run(tokio::time::sleep(duration))
+    }
+}
+
+/// Waits until every task counted by `tracker` has ended, or until `grace` has passed in
+/// tokio time (`Err` says how many are left). Cancel the tracked context first.
+pub async fn drain(tracker: &TaskTracker, grace: Option<Duration>) -> Result<(), DrainTimeout> {
+    rt::drain(&TokioTimer, tracker, grace).await
+}
