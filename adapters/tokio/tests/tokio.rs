@@ -104,7 +104,10 @@ async fn run_stops_the_future_at_the_deadline() {
     assert_eq!(res, Err(Error::DeadlineExceeded));
     assert_eq!(start.elapsed(), Duration::from_millis(30));
     assert!(dropped.load(SeqCst));
-    assert_eq!(ctx.sleep(Duration::from_secs(1)).await, Err(Error::DeadlineExceeded));
+    assert_eq!(
+        ctx.sleep(Duration::from_secs(1)).await,
+        Err(Error::DeadlineExceeded)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -170,7 +173,10 @@ async fn a_finished_task_cancels_its_child_and_so_its_subtasks() {
         (ctx, sub)
     });
     let (task_ctx, sub) = task.await.unwrap();
-    assert!(task_ctx.is_cancelled(), "the task's context ends with the task");
+    assert!(
+        task_ctx.is_cancelled(),
+        "the task's context ends with the task"
+    );
     assert!(sub.await.unwrap_err().is_cancelled());
     assert!(sub_dropped.load(SeqCst));
     assert!(!root.is_cancelled());
@@ -269,7 +275,11 @@ async fn group_wait_returns_ok_after_every_task_and_cancels_the_group() {
     }
     assert_eq!(group.wait().await, Ok(()));
     assert_eq!(finished.load(SeqCst), 5);
-    assert_eq!(gctx.err(), Some(Error::Cancelled), "wait cancels the group (Go)");
+    assert_eq!(
+        gctx.err(),
+        Some(Error::Cancelled),
+        "wait cancels the group (Go)"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -294,7 +304,11 @@ async fn group_limit_is_honoured() {
     assert_eq!(group.wait().await, Ok(()));
     assert_eq!(max.load(SeqCst), 2);
     assert_eq!(done.load(SeqCst), 10);
-    assert_eq!(start.elapsed(), Duration::from_millis(50), "five turns of two");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(50),
+        "five turns of two"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -313,7 +327,11 @@ async fn a_panicking_group_task_cancels_the_group_and_wait_resumes_it() {
     let waited = tokio::spawn(group.wait()).await;
     assert!(waited.unwrap_err().is_panic(), "wait resumed the panic");
     assert!(sibling.load(SeqCst));
-    assert!(gctx.cause().unwrap().downcast_ref::<TaskPanicked>().is_some());
+    assert!(gctx
+        .cause()
+        .unwrap()
+        .downcast_ref::<TaskPanicked>()
+        .is_some());
 }
 
 #[tokio::test(start_paused = true)]
@@ -357,7 +375,11 @@ async fn nothing_is_leaked_after_a_group_ends() {
         drop(root);
         tokio::task::yield_now().await;
     }
-    assert_eq!(weak.strong_count(), 0, "every task and context was released");
+    assert_eq!(
+        weak.strong_count(),
+        0,
+        "every task and context was released"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -429,5 +451,5 @@ async fn spawn_on_a_runtime_handle() {
     let root = kontext_tokio::background();
     let handle = tokio::runtime::Handle::current();
     let task = root.spawn_on(&handle, |ctx| async move { ctx.is_cancelled() });
-    assert_eq!(task.await.unwrap(), false);
+    assert!(!task.await.unwrap());
 }

@@ -4,9 +4,11 @@
 //! Invariants:
 //! 1. The task owns the armed [`CancelHandle`] of its child context; the join handle holds
 //!    an unarmed one (it can cancel, and dropping it detaches).
-//! 2. When the task ends (output, child done, panic, or the runtime dropping it) the user
-//!    future is dropped first, then the child is cancelled, then the tracker token is
-//!    released: a tracker that reports "no tasks" has seen every bound future dropped.
+//! 2. When the task ends (output, child done, panic) the user future is dropped first,
+//!    then its waiter, then the child is cancelled and released, then the tracker token:
+//!    a tracker that reports "no tasks" has seen every bound future dropped and nothing of
+//!    the task still holds a context (only a live join handle does). If the runtime drops
+//!    an unfinished task, the fields drop in that same order.
 
 extern crate std;
 
@@ -50,7 +52,7 @@ where
     let remote = handle.unarmed();
     let future = f(child.clone());
     let task = Task {
-        done: DoneOwned::new(child, timer),
+        done: Some(DoneOwned::new(child, timer)),
         future: Some(future),
         handle: Some(handle),
         token,
@@ -67,7 +69,7 @@ pin_project! {
     #[must_use = "futures do nothing unless polled"]
     pub struct Task<T: Timer, F> {
         #[pin]
-        done: DoneOwned<T>,
+        done: Option<DoneOwned<T>>,
         #[pin]
         future: Option<F>,
         handle: Option<CancelHandle>,
@@ -76,11 +78,12 @@ pin_project! {
 }
 
 impl<T: Timer, F: Future> Task<T, F> {
-    /// Drops the user future (catching a panic in its `Drop`), then cancels the child,
-    /// then leaves the tracker (invariant 2).
+    /// Drops the user future (catching a panic in its `Drop`) and the waiter, then cancels
+    /// the child, then leaves the tracker (invariant 2).
     fn finish(self: Pin<&mut Self>) -> Option<Box<dyn Any + Send>> {
         let mut this = self.project();
         let dropped = catch_unwind(AssertUnwindSafe(|| this.future.set(None))).err();
+        this.done.set(None);
         drop(this.handle.take());
         drop(this.token.take());
         dropped
@@ -92,9 +95,12 @@ impl<T: Timer, F: Future> Future for Task<T, F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<Self::Output> {
         let mut this = self.as_mut().project();
-        assert!(this.handle.is_some(), "`Task` polled after completion");
-        if this.done.as_mut().poll(cx).is_ready() {
-            let ctx = self.done.context().clone();
+        let Some(done) = this.done.as_mut().as_pin_mut() else {
+            panic!("`Task` polled after completion");
+        };
+        if done.poll(cx).is_ready() {
+            let ctx = this.handle.as_ref().map(CancelHandle::context);
+            let ctx = ctx.expect("the handle lives as long as the waiter");
             let panic = self.as_mut().finish();
             return Poll::Ready(Err(match panic {
                 Some(p) => JoinError::panicked(p),
@@ -126,7 +132,7 @@ impl<T: Timer, F: Future> Future for Task<T, F> {
 impl<T: Timer, F> fmt::Debug for Task<T, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Task")
-            .field("context", self.done.context())
+            .field("context", &self.handle.as_ref().map(CancelHandle::context))
             .field("finished", &self.handle.is_none())
             .finish()
     }
