@@ -22,7 +22,7 @@
 //! ```
 //!
 //! Everything runtime-neutral comes from [`kontext`] (re-exported here) and its
-//! [`rt`](kontext::rt) module; this crate binds tokio's clock, timer and spawner to it.
+//! [`rt`] module; this crate binds tokio's clock, timer and spawner to it.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
