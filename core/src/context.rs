@@ -4,9 +4,13 @@
 //! - A `cancel()` that returns `true` happens-before every `is_cancelled()` / `err()` /
 //!   `cause()` that returns "done" because of it, on the context and its descendants, and
 //!   before every waiter it wakes returns `Ready`.
-//! - Once `cancel()` has returned, every descendant reports done. A concurrent observer may
-//!   see a parent done slightly before a descendant (propagation is a walk, as in
-//!   tokio-util), and a second, losing `cancel()` may return before the walk is over.
+//! - Once a `cancel()` that returned `true` has returned, every descendant reports done,
+//!   except below a descendant whose own cancel (from another thread) won its race first:
+//!   that subtree is walked by that other `cancel()`, which may still be running. A
+//!   concurrent observer may see a parent done slightly before a descendant (propagation
+//!   is a walk, as in tokio-util), and a second, losing `cancel()` may return before the
+//!   walk is over. Waiting ([`Context::cancelled`]) is always safe: it completes only when
+//!   the awaited context itself is done.
 
 use core::fmt;
 use core::ptr::NonNull;

@@ -57,6 +57,12 @@ pub(crate) fn spin_hint() {
 /// A mutual-exclusion lock used only by wait lists (never on the cancel, create, drop,
 /// check or lookup paths): std's `Mutex` with `std`, loom's under loom, otherwise a small
 /// test-and-test-and-set spin lock.
+///
+/// The spin lock is not interrupt-safe: on a single core, an interrupt handler that polls a
+/// waiting future or cancels a context while the interrupted code holds the same list's
+/// lock spins forever. Without `std`, wait on contexts and cancel them from tasks (thread
+/// mode), not from interrupt handlers; checking (`is_cancelled`) is lock-free and fine
+/// anywhere.
 #[cfg(feature = "alloc")]
 pub(crate) use self::mutex::Mutex;
 

@@ -48,10 +48,18 @@
 //!    `slot + 1`; frees cascade up the parent chain in a loop. A million-deep chain needs
 //!    no stack.
 //!
-//! # Deadlock safety
+//! # Deadlock and panic safety
 //!
-//! The only lock is a wait list's (held for O(waiters) while waking, never while taking
-//! another lock or running user code other than `Waker::wake`).
+//! The only lock is a wait list's. It is held to link, unlink or take out waiters, never
+//! while taking another lock or running user code: wakers are woken, and replaced wakers
+//! dropped, after it is released (`wait` invariant 1). `Waker::clone` runs under it, as
+//! in tokio's `Notify`.
+//!
+//! User code (callbacks, wakers, values' and closures' `Drop`) that panics during a cancel
+//! walk is caught (with `std`): the walk finishes, then the first panic resumes. Freeing a
+//! node whose contents panic while dropping still frees it and releases its parent.
+//! Without `std` a panic unwinds (or aborts) out of the walk; the tree stays memory-safe
+//! but the rest of the walk does not happen.
 
 use alloc::boxed::Box;
 use core::any::TypeId;
@@ -204,8 +212,20 @@ struct CallbackHead {
     state: AtomicUsize,
     /// A handle on the cancel node whose table holds this entry (invariant 2).
     owner: NonNull<CancelNode>,
-    /// Runs the callback (moving it out) when `run` is true, else drops it; then frees.
-    finish: unsafe fn(NonNull<Link>, bool),
+    /// Runs, drops or frees the closure (see `Finish`).
+    finish: unsafe fn(NonNull<Link>, Finish),
+}
+
+/// What `CallbackHead::finish` does with a callback entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// Moves the closure out and calls it (the winner of `CB_PENDING -> CB_RUN`).
+    Run,
+    /// Drops the closure unrun (the winner of `CB_PENDING -> CB_STOPPED`).
+    Drop,
+    /// Frees the entry (its refs reached zero), dropping the closure if it is still
+    /// pending (the owner can no longer run it).
+    Free,
 }
 
 #[repr(C)]
@@ -226,9 +246,26 @@ const BASE: usize = 2;
 #[cfg(loom)]
 const NCHUNKS: usize = 3;
 
-const IDX_BITS: u32 = usize::BITS / 2;
-const IDX_MASK: usize = (1 << IDX_BITS) - 1;
-const TAG_ONE: usize = 1 << IDX_BITS;
+// The free list's head word: half index, half ABA tag. 64 bits wherever the target has
+// 64-bit atomics (32-bit tags: a stale head would need 2^32 pushes and pops while one
+// claimer sits between two instructions). Chips without them (thumbv6m, thumbv7em) use
+// the pointer-sized word: 16-bit tags and at most 65,534 live registrations per context,
+// far beyond their RAM.
+#[cfg(any(loom, target_has_atomic = "64"))]
+type Word = u64;
+#[cfg(any(loom, target_has_atomic = "64"))]
+use crate::sync::AtomicU64 as AtomicWord;
+#[cfg(not(any(loom, target_has_atomic = "64")))]
+type Word = usize;
+#[cfg(not(any(loom, target_has_atomic = "64")))]
+use crate::sync::AtomicUsize as AtomicWord;
+
+#[cfg(target_pointer_width = "16")]
+compile_error!("kontext's `alloc` feature needs pointers of at least 32 bits");
+
+const IDX_BITS: u32 = Word::BITS / 2;
+const IDX_MASK: Word = (1 << IDX_BITS) - 1;
+const TAG_ONE: Word = 1 << IDX_BITS;
 
 struct Slot {
     ptr: AtomicPtr<Link>,
@@ -249,7 +286,7 @@ impl Slot {
 pub(crate) struct Side {
     /// Tagged head: `tag << IDX_BITS | (index + 1)`; the tag changes on every push and pop,
     /// so a stale head never wins a CAS (no ABA).
-    free: AtomicUsize,
+    free: AtomicWord,
     /// Indexes ever handed out by bumping.
     len: AtomicUsize,
     /// Chunk 0, inline: most parents never need more.
@@ -273,19 +310,21 @@ fn chunk_len(k: usize) -> usize {
     BASE << k
 }
 
+/// Indexes a table can hand out: what its chunks hold, and what the free list can name.
+#[allow(clippy::unnecessary_cast)] // `Word` is `u64` on some targets only
 const CAPACITY: usize = {
     let cap = BASE * ((1 << (NCHUNKS + 1)) - 1);
-    if cap < IDX_MASK - 1 {
+    if (cap as u64) < (IDX_MASK as u64) - 1 {
         cap
     } else {
-        IDX_MASK - 1
+        (IDX_MASK - 1) as usize
     }
 };
 
 impl Side {
     fn new() -> Self {
         Side {
-            free: AtomicUsize::new(0),
+            free: AtomicWord::new(0),
             len: AtomicUsize::new(0),
             first: core::array::from_fn(|_| Slot::new()),
             dir: AtomicPtr::new(ptr::null_mut()),
@@ -301,7 +340,7 @@ impl Side {
         let dir = self.dir()?;
         // Acquire: pairs with the AcqRel CAS in `ensure_chunk`, so the chunk's slots are
         // initialised before we touch them.
-        let p = dir.chunks[k - 1].load(Acquire);
+        let p = dir.chunks.get(k - 1)?.load(Acquire);
         // SAFETY: a non-null chunk pointer points at `chunk_len(k)` slots that live as long
         // as `self` (invariant 3), and `off < chunk_len(k)` by construction of `chunk_of`.
         (!p.is_null()).then(|| unsafe { &*p.add(off) })
@@ -366,34 +405,36 @@ impl Side {
         }
     }
 
-    /// A slot index for a new registration.
-    fn claim(&self) -> usize {
+    /// A slot index for a new registration; `None` when the table is full (the caller
+    /// undoes what it did and panics).
+    fn claim(&self) -> Option<usize> {
         if let Some(idx) = self.pop_free() {
-            return idx;
+            return Some(idx);
         }
         // Relaxed: uniqueness comes from the RMW; the walker sees the new length through
         // the fences of invariant 5 (this is sequenced before the registrant's fence).
         let idx = self.len.fetch_add(1, Relaxed);
         if idx >= CAPACITY {
+            // Walkers skip indexes past the last chunk (`slot` returns `None`).
             self.len.fetch_sub(1, Relaxed);
-            panic!("kontext: too many live children registered with one context");
+            return None;
         }
         self.ensure_chunk(idx);
-        idx
+        Some(idx)
     }
 
     fn pop_free(&self) -> Option<usize> {
         // Acquire: pairs with the Release CAS in `push_free`, making `next_free` visible.
         let mut head = self.free.load(Acquire);
         loop {
-            let top = head & IDX_MASK;
+            let top = (head & IDX_MASK) as usize;
             if top == 0 {
                 return None;
             }
             let slot = self.slot(top - 1).expect("free slots are allocated");
             // Relaxed: published by the Acquire above; if the slot was popped and pushed
             // again meanwhile, the tag makes the CAS below fail.
-            let next = slot.next_free.load(Relaxed);
+            let next = slot.next_free.load(Relaxed) as Word;
             let new = (head & !IDX_MASK).wrapping_add(TAG_ONE) | next;
             // Acquire on both outcomes: as for the initial load.
             match self.free.compare_exchange_weak(head, new, Acquire, Acquire) {
@@ -408,8 +449,8 @@ impl Side {
         // Relaxed: the CAS below publishes `next_free`; the head value itself is re-checked.
         let mut head = self.free.load(Relaxed);
         loop {
-            slot.next_free.store(head & IDX_MASK, Relaxed);
-            let new = (head & !IDX_MASK).wrapping_add(TAG_ONE) | (idx + 1);
+            slot.next_free.store((head & IDX_MASK) as usize, Relaxed);
+            let new = (head & !IDX_MASK).wrapping_add(TAG_ONE) | (idx + 1) as Word;
             // Release: publishes `next_free` to the Acquire in `pop_free`.
             match self.free.compare_exchange_weak(head, new, Release, Relaxed) {
                 Ok(_) => return,
@@ -495,7 +536,7 @@ impl Header {
     #[inline]
     pub(crate) fn is_done(&self) -> bool {
         if let Some(s) = self.state_src() {
-            // Acquire: pairs with the SeqCst CAS in `cancel`, so a `true` here
+            // Acquire: pairs with the AcqRel (Release) CAS in `cancel`, so a `true` here
             // happens-after the cancel (and its cause record is visible).
             if s.state.load(Acquire).addr() != LIVE {
                 return true;
@@ -690,13 +731,17 @@ impl CancelNode {
 
     fn inherited_state(&self) -> *mut CauseRecord {
         // Acquire: the final state published by the owner's CAS.
-        let reason = reason_of(self.state.load(Acquire));
-        sentinel(if reason == Error::DeadlineExceeded {
-            INH_DEADLINE
-        } else {
-            INH_CANCELLED
-        })
+        inherit(self.state.load(Acquire))
     }
+}
+
+/// The state a child takes from an owner whose final state is `st`.
+fn inherit(st: *mut CauseRecord) -> *mut CauseRecord {
+    sentinel(if reason_of(st) == Error::DeadlineExceeded {
+        INH_DEADLINE
+    } else {
+        INH_CANCELLED
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -806,45 +851,56 @@ fn unregister(owner: &CancelNode, l: NonNull<Link>, slot: u32) -> bool {
 
 /// Frees a node whose refs reached zero and returns the handle it held (parent or owner).
 ///
+/// Freeing drops user data (values, unrun callbacks). If such a `Drop` panics, the memory
+/// is still freed (drop glue deallocates while unwinding) and a guard releases the held
+/// handle, so the rest of the tree is neither leaked nor left inconsistent.
+///
 /// # Safety
 /// `refs` of `l` is zero and nobody else can reach it.
 unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
+    /// Releases the held handle if dropping the node's contents unwinds.
+    struct ReleaseOnUnwind(Option<NonNull<Link>>);
+    impl Drop for ReleaseOnUnwind {
+        fn drop(&mut self) {
+            if let Some(up) = self.0 {
+                // SAFETY: the freed node owned this handle and can no longer give it up.
+                unsafe { release_handle(up) };
+            }
+        }
+    }
     track(-1);
-    // SAFETY: the caller guarantees exclusive ownership; each arm frees the layout the
-    // kind was allocated with.
+    // SAFETY: the caller guarantees exclusive ownership; each arm reads or frees the layout
+    // the kind was allocated with.
     unsafe {
-        match l.as_ref().kind {
+        let kind = l.as_ref().kind;
+        let up = match kind {
+            Kind::Callback => Some(l.cast::<CallbackHead>().as_ref().owner.cast()),
+            _ => l.cast::<Header>().as_ref().parent.map(NonNull::cast),
+        };
+        let guard = ReleaseOnUnwind(up);
+        match kind {
             Kind::Cancel => {
                 let n = Box::from_raw(l.cast::<CancelNode>().as_ptr());
-                let parent = n.header.parent;
                 free_cancel_parts(&n);
                 drop(n);
-                parent.map(NonNull::cast)
             }
             Kind::Deadline => {
                 let n = Box::from_raw(l.cast::<DeadlineNode>().as_ptr());
-                let parent = n.node.header.parent;
                 free_cancel_parts(&n.node);
                 drop(n);
-                parent.map(NonNull::cast)
             }
-            Kind::Clock => {
-                let n = Box::from_raw(l.cast::<ClockNode>().as_ptr());
-                n.header.parent.map(NonNull::cast)
-            }
+            Kind::Clock => drop(Box::from_raw(l.cast::<ClockNode>().as_ptr())),
             Kind::Value => {
                 let head = &*l.cast::<ValueHead>().as_ptr();
-                let parent = head.header.parent;
                 (head.drop)(l.cast());
-                parent.map(NonNull::cast)
             }
             Kind::Callback => {
                 let head = &*l.cast::<CallbackHead>().as_ptr();
-                let owner = head.owner;
-                (head.finish)(l, false);
-                Some(owner.cast())
+                (head.finish)(l, Finish::Free);
             }
         }
+        core::mem::forget(guard);
+        up
     }
 }
 
@@ -912,6 +968,23 @@ fn derive_from(parent: Option<NonNull<Header>>) -> Derive {
     }
 }
 
+/// Gives back what `derive_from` took, for a node that is not built after all.
+///
+/// # Safety
+/// `d` came from `derive_from` and no node was built from it.
+unsafe fn undo_derive(d: &Derive) {
+    track(-1);
+    if let Some(p) = d.parent {
+        // SAFETY: the handle `derive_from` took.
+        unsafe { release_handle(p.cast()) };
+    }
+}
+
+#[cold]
+fn too_many_children() -> ! {
+    panic!("kontext: too many live children and callbacks registered with one context")
+}
+
 fn header(kind: Kind, refs: usize, slot: u32, d: &Derive) -> Header {
     Header {
         link: Link {
@@ -929,6 +1002,8 @@ fn header(kind: Kind, refs: usize, slot: u32, d: &Derive) -> Header {
 /// How a new cancel node joins its owner: born cancelled, registered, or on its own.
 enum Join<'a> {
     Alone,
+    /// The owner's table is full.
+    Full,
     Born(*mut CauseRecord),
     Registered(&'a Side, usize),
 }
@@ -942,7 +1017,10 @@ fn join(owner: Option<&CancelNode>) -> Join<'_> {
                 return Join::Born(o.inherited_state());
             }
             let side = o.ensure_side();
-            Join::Registered(side, side.claim())
+            match side.claim() {
+                Some(idx) => Join::Registered(side, idx),
+                None => Join::Full,
+            }
         }
     }
 }
@@ -973,6 +1051,11 @@ pub(crate) fn new_cancel(
     // SAFETY: invariant 2 (the parent handle we just took keeps the owner alive).
     let owner = d.state_src.map(|o| unsafe { &*o.as_ptr() });
     let j = join(owner);
+    if let Join::Full = j {
+        // SAFETY: `derive_from` took this handle for the node we will not build.
+        unsafe { undo_derive(&d) };
+        too_many_children();
+    }
     let (slot, mem) = match j {
         Join::Registered(_, idx) => (idx as u32, MEM_COLLECTIVE | MEM_REGISTERED),
         _ => (NO_SLOT, MEM_COLLECTIVE),
@@ -1086,12 +1169,22 @@ fn expire(t: NonNull<Header>) {
     // SAFETY: only deadline nodes have a deadline (others have `NEVER`); kept alive by the
     // caller's node (invariant 2).
     let te = unsafe { time_ext(t) };
-    let st = sentinel(if te.cause.is_some() {
+    cancel(t.cast(), deadline_state(te));
+}
+
+/// The state of a deadline node whose own deadline fired.
+fn deadline_state(te: &TimeExt) -> *mut CauseRecord {
+    sentinel(if te.cause.is_some() {
         DEADLINE_OWN_CAUSE
     } else {
         DEADLINE
-    });
-    cancel(t.cast(), st);
+    })
+}
+
+/// `deadline_state` if the node's own deadline has passed (read from its clock).
+fn passed_deadline_state(te: &TimeExt) -> Option<*mut CauseRecord> {
+    (te.deadline < Instant::FAR_FUTURE.as_nanos() && te.clock.now().as_nanos() >= te.deadline)
+        .then(|| deadline_state(te))
 }
 
 /// Cancels `root` and its whole subtree with `state` (a sentinel or an owned record).
@@ -1118,9 +1211,10 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
     // Invariants 5 and 6: our side of the fence pair.
     fence(SeqCst);
     let mut panics = Panics::default();
-    let inh = r.inherited_state();
     notify(r, &mut panics);
     let mut cur = root;
+    // What the children of `cur` inherit.
+    let mut inh = r.inherited_state();
     let mut next = 0usize;
     loop {
         // SAFETY: we hold a reference on every node of the current path: the caller's on
@@ -1133,28 +1227,39 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                     Kind::Callback => {
                         // SAFETY: callback entries are `CallbackHead`-prefixed.
                         unsafe { run_callback(l, &mut panics) };
-                        // SAFETY: we own the registered reference.
-                        unsafe { release_registered(l) };
+                        // SAFETY: we own the registered reference. Freeing may drop user
+                        // values; a panic there must not stop the walk.
+                        panics.call(|| unsafe { release_registered(l) });
                     }
-                    Kind::Cancel | Kind::Deadline => {
+                    kind @ (Kind::Cancel | Kind::Deadline) => {
                         let child = l.cast::<CancelNode>();
                         // SAFETY: as above.
                         let ch = unsafe { child.as_ref() };
+                        // A deadline that has passed fired first, even if nobody has looked
+                        // yet (Go's timer would have): the child reports its own deadline.
+                        let st = match kind {
+                            // SAFETY: a deadline node, alive through our reference.
+                            Kind::Deadline => {
+                                passed_deadline_state(unsafe { time_ext(l.cast()) }).unwrap_or(inh)
+                            }
+                            _ => inh,
+                        };
                         // AcqRel / Relaxed: as the root's CAS.
                         if ch
                             .state
-                            .compare_exchange(sentinel(LIVE), inh, AcqRel, Relaxed)
+                            .compare_exchange(sentinel(LIVE), st, AcqRel, Relaxed)
                             .is_ok()
                         {
                             // Invariants 5 and 6 for the child's own registrants and waiters.
                             fence(SeqCst);
                             notify(ch, &mut panics);
                             cur = child;
+                            inh = inherit(st);
                             next = 0;
                         } else {
                             // Cancelled on its own already: its canceller walks its subtree.
-                            // SAFETY: we own the registered reference.
-                            unsafe { release_registered(l) };
+                            // SAFETY: we own the registered reference; as for callbacks.
+                            panics.call(|| unsafe { release_registered(l) });
                         }
                     }
                     k => unreachable!("{k:?} in a slot table"),
@@ -1167,9 +1272,12 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                 let up = owner_ptr(&c.header).expect("registered nodes have an owner");
                 next = c.header.link.slot as usize + 1;
                 // SAFETY: we took `cur`'s registration from `up`'s table; `up` stays alive
-                // through our reference on it (or the caller's, for the root).
-                unsafe { release_registered(cur.cast()) };
+                // through our reference on it (or the caller's, for the root). As above, a
+                // panic while freeing must not stop the walk.
+                panics.call(|| unsafe { release_registered(cur.cast()) });
                 cur = up;
+                // SAFETY: alive, as just said.
+                inh = unsafe { up.as_ref() }.inherited_state();
             }
         }
     }
@@ -1245,7 +1353,7 @@ unsafe fn run_callback(l: NonNull<Link>, panics: &mut Panics) -> bool {
         return false;
     }
     // SAFETY: we won the CAS, so we own the closure.
-    panics.call(|| unsafe { (head.finish)(l, true) });
+    panics.call(|| unsafe { (head.finish)(l, Finish::Run) });
     true
 }
 
@@ -1255,20 +1363,26 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
     ctx: &Header,
     f: F,
 ) -> Option<NonNull<Link>> {
-    unsafe fn finish<F: FnOnce()>(l: NonNull<Link>, run: bool) {
+    unsafe fn finish<F: FnOnce()>(l: NonNull<Link>, how: Finish) {
         let e = l.cast::<CallbackEntry<F>>().as_ptr();
-        // SAFETY: `run` is only passed by the unique winner of the state CAS; otherwise we
-        // are freeing the entry and the closure was not taken (state says so).
+        // SAFETY: `Run` and `Drop` are only passed by the unique winner of the state CAS,
+        // which owns the closure; `Free` by the entry's last user, and the state says
+        // whether the closure is still there (only `CB_PENDING` leaves it).
         unsafe {
-            if run {
-                let f = (*e).f.with_mut(|f| ManuallyDrop::take(&mut *f));
-                f();
-            } else {
-                let ran = (*e).head.state.load(Relaxed) == CB_RUN;
-                if !ran {
-                    (*e).f.with_mut(|f| ManuallyDrop::drop(&mut *f));
+            match how {
+                Finish::Run => {
+                    let f = (*e).f.with_mut(|f| ManuallyDrop::take(&mut *f));
+                    f();
                 }
-                drop(Box::from_raw(e));
+                Finish::Drop => (*e).f.with_mut(|f| ManuallyDrop::drop(&mut *f)),
+                Finish::Free => {
+                    // Owned first, so the entry is deallocated even if dropping `f` panics.
+                    let entry = Box::from_raw(e);
+                    // Relaxed: we are the entry's last user (its refs reached zero).
+                    if entry.head.state.load(Relaxed) == CB_PENDING {
+                        entry.f.with_mut(|f| ManuallyDrop::drop(&mut *f));
+                    }
+                }
             }
         }
     }
@@ -1283,10 +1397,12 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
     }
     // SAFETY: invariant 2 (the caller's context keeps its `state_src` alive).
     let owner = unsafe { owner_raw.as_ref() };
+    let side = owner.ensure_side();
+    let Some(idx) = side.claim() else {
+        too_many_children()
+    };
     acquire_handle(&owner.header.link);
     track(1);
-    let side = owner.ensure_side();
-    let idx = side.claim();
     let e = alloc_node(CallbackEntry {
         head: CallbackHead {
             link: Link {
@@ -1337,9 +1453,13 @@ pub(crate) unsafe fn stop_callback(l: NonNull<Link>) -> bool {
     // SAFETY: the entry holds a handle on its owner (invariant 2).
     let owner = unsafe { head.owner.as_ref() };
     if unregister(owner, l, head.link.slot) {
-        // SAFETY: we cleared the slot, so we own the registered reference.
+        // SAFETY: we cleared the slot, so we own the registered reference; the caller's
+        // handle keeps the entry alive, so this cannot free it.
         unsafe { release_registered(l) };
     }
+    // Release what the closure captured now (Go's stop lets `f` go), not when the last
+    // `OnCancel` goes. SAFETY: winning the CAS made the closure ours.
+    unsafe { (head.finish)(l, Finish::Drop) };
     true
 }
 
@@ -1412,12 +1532,12 @@ mod tests {
     #[test]
     fn free_list_reuses_indexes() {
         let side = Side::new();
-        let a = side.claim();
-        let b = side.claim();
+        let a = side.claim().unwrap();
+        let b = side.claim().unwrap();
         assert_ne!(a, b);
         side.push_free(a);
-        assert_eq!(side.claim(), a);
-        let many: alloc::vec::Vec<_> = (0..100).map(|_| side.claim()).collect();
+        assert_eq!(side.claim(), Some(a));
+        let many: alloc::vec::Vec<_> = (0..100).map(|_| side.claim().unwrap()).collect();
         for &i in &many {
             assert!(side.slot(i).is_some());
         }
@@ -1426,7 +1546,7 @@ mod tests {
         }
         assert_eq!(side.len.load(Relaxed), 102);
         for _ in 0..100 {
-            assert!(side.claim() < 102);
+            assert!(side.claim().unwrap() < 102);
         }
     }
 }

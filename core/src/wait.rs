@@ -4,11 +4,14 @@
 //! # Invariants
 //! 1. A waiter's list node lives inside its pinned future and is touched only under the
 //!    wait list's lock; the future unlinks it (under the lock) before its memory goes.
+//!    No user code runs under the lock except `Waker::clone`: wakers taken out or replaced
+//!    are woken or dropped after the guard is released (a waker's `Drop` may drop another
+//!    waiter of the same context, which takes the lock).
 //! 2. `close_and_wake` runs once per context (the cancel walker's, invariant 4 of `tree`):
 //!    it marks the list closed, unlinks every waiter and wakes each exactly once. A waiter
 //!    that arrives later sees `closed` under the lock and completes without linking.
-//! 3. No lost wake-up: see `tree`'s invariant 6 (side installed SeqCst, state re-read
-//!    SeqCst after linking).
+//! 3. No lost wake-up: see `tree`'s invariant 6 (link under the lock, `fence(SeqCst)`,
+//!    then re-read the state; the canceller CASes the state, fences, then closes the list).
 //!
 //! A context nobody waits on never allocates a list and never takes the lock.
 
@@ -109,7 +112,6 @@ impl WaitList {
             (*n).linked = false;
             (*n).prev = ptr::null_mut();
             (*n).next = ptr::null_mut();
-            (*n).waker = None;
         }
     }
 }
@@ -189,7 +191,8 @@ impl Waiter {
             return Poll::Pending; // detached, no deadline: never done
         };
         let side = src.ensure_side();
-        {
+        // Invariant 1: a replaced waker is dropped after the guard.
+        let _replaced: Option<Waker> = {
             let mut list = side.waiters.lock();
             if list.closed {
                 return Poll::Ready(());
@@ -199,15 +202,16 @@ impl Waiter {
             unsafe {
                 if (*n).linked {
                     match &mut (*n).waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        w => *w = Some(cx.waker().clone()),
+                        Some(w) if w.will_wake(cx.waker()) => None,
+                        w => w.replace(cx.waker().clone()),
                     }
                 } else {
-                    (*n).waker = Some(cx.waker().clone());
+                    let old = (*n).waker.replace(cx.waker().clone());
                     list.link(n);
+                    old
                 }
             }
-        }
+        };
         self.side = side;
         // Invariant 3: the fenced re-check after linking.
         if src.recheck_cancelled() || h.is_done() {
@@ -223,14 +227,18 @@ impl Waiter {
         }
         // SAFETY: the side lives as long as the context we wait on, which outlives us.
         let side = unsafe { &*self.side };
-        let mut list = side.waiters.lock();
-        let n = self.node.with_mut(|n| n);
-        // SAFETY: under the lock (invariant 1).
-        unsafe {
-            if (*n).linked {
-                list.unlink(n);
+        // Invariant 1: the waker is dropped after the guard.
+        let _waker: Option<Waker> = {
+            let mut list = side.waiters.lock();
+            let n = self.node.with_mut(|n| n);
+            // SAFETY: under the lock (invariant 1).
+            unsafe {
+                if (*n).linked {
+                    list.unlink(n);
+                }
+                (*n).waker.take()
             }
-        }
+        };
     }
 }
 

@@ -151,6 +151,11 @@ fn stop_drops_the_closure() {
     let (ctx, _h) = Context::background().child();
     let cb = ctx.on_cancel(move || drop(guard));
     assert!(cb.stop());
+    assert_eq!(
+        dropped.load(SeqCst),
+        1,
+        "stop() releases what the closure captured"
+    );
     drop(cb);
     assert_eq!(dropped.load(SeqCst), 1);
 }
@@ -411,5 +416,77 @@ fn a_panicking_callback_on_a_done_context_panics_in_on_cancel() {
         let _cb = ctx.on_cancel(|| panic!("at once"));
     }));
     assert!(res.is_err());
+    assert!(ctx.is_cancelled());
+}
+
+/// A value whose `Drop` panics (once).
+struct PanicOnDrop(Arc<AtomicUsize>);
+
+impl Drop for PanicOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, SeqCst);
+        if !std::thread::panicking() {
+            panic!("value drop");
+        }
+    }
+}
+
+/// A value dropped during the cancel walk (its last reference held by a callback that the
+/// walk runs) panics: the walk still reaches every sibling, wakes and runs everything, and
+/// then resumes the panic. The node and its ancestors are still freed (the drop ran once).
+#[cfg(feature = "std")] // needs std: caught panics
+#[test]
+fn a_value_drop_panicking_inside_the_cancel_walk_does_not_stop_it() {
+    let drops = counter();
+    let ran = counter();
+    let (root, cancel) = Context::background().child();
+    let v = root.with_value(PanicOnDrop(drops.clone()));
+    let (c, hc) = v.child();
+    drop(v);
+    let hc = hc.disarm();
+    let (sib, _hs) = root.child();
+    let on_sib = sib.on_cancel(bump(&ran));
+    // The callback owns the last handles on `c` (and through it on the value node): the
+    // walk frees them right after running it.
+    let keep = Arc::new(Mutex::new(Some((c.clone(), hc))));
+    let k = keep.clone();
+    drop(c.on_cancel(move || drop(k.lock().unwrap().take())));
+    drop(c);
+    drop(keep);
+
+    let res = catch_unwind(AssertUnwindSafe(|| cancel.cancel()));
+    let payload = res.expect_err("the value's panic is resumed after the walk");
+    assert_eq!(payload.downcast_ref::<&str>(), Some(&"value drop"));
+    assert!(root.is_cancelled());
+    assert!(
+        sib.is_cancelled(),
+        "the walk went on past the panicking free"
+    );
+    assert!(on_sib.has_run());
+    assert_eq!(ran.load(SeqCst), 1);
+    assert_eq!(drops.load(SeqCst), 1, "the value was dropped exactly once");
+}
+
+/// A closure whose captured value panics when dropped by `stop()`: the panic reaches the
+/// caller of `stop`, the callback is unregistered and the context is intact.
+#[cfg(feature = "std")] // needs std: caught panics
+#[test]
+fn a_closure_drop_panicking_in_stop_frees_the_entry() {
+    let drops = counter();
+    let (ctx, h) = Context::background().child();
+    let held = PanicOnDrop(drops.clone());
+    let reg = ctx.on_cancel(move || drop(held));
+    let res = catch_unwind(AssertUnwindSafe(|| reg.stop()));
+    assert!(res.is_err(), "the closure's drop panic reaches the caller");
+    assert_eq!(drops.load(SeqCst), 1, "dropped by stop()");
+    assert!(!reg.stop() && !reg.has_run());
+    drop(reg);
+    assert_eq!(
+        drops.load(SeqCst),
+        1,
+        "and not again when the entry is freed"
+    );
+    // The context is intact: cancel works and runs nothing.
+    assert!(h.cancel());
     assert!(ctx.is_cancelled());
 }

@@ -897,7 +897,7 @@ type CauseCase = (&'static str, fn() -> Row, Option<Error>, Want);
 /// Go: TestCause. Every row of Go's table that kontext can express, with Go's expected
 /// `Err` and `Cause`. Go's `cancel(nil)` is `cancel()` here (the row "WithCancelCause nil");
 /// the custom-context rows have no counterpart; "WithTimeoutCause stacked" is
-/// `go_cause_stacked_expired_timeout` (ignored: a bug).
+/// `go_cause_stacked_expired_timeout`.
 #[test]
 fn go_cause() {
     static CLOCK: ManualClock = ManualClock::new();
@@ -1105,8 +1105,6 @@ fn go_cause() {
 /// is made (Go cancels it with `DeadlineExceeded` inside `WithDeadlineCause`) keeps that
 /// reason and its own cause when its parent is cancelled afterwards.
 #[test]
-#[ignore = "BUG: an already-expired deadline child that nobody has observed takes the \
-            parent's later cancel (Canceled, finishedEarly) instead of DeadlineExceeded/tooSlow"]
 fn go_cause_stacked_expired_timeout() {
     static CLOCK: ManualClock = ManualClock::new();
     let (ctx, cancel) = Context::with_clock(&CLOCK).child();
@@ -1128,8 +1126,6 @@ fn go_cause_stacked_expired_timeout() {
 /// (as the child's own `cancel()` already treats it: see row "WithTimeout" above). In Go
 /// the timer fires at the deadline.
 #[test]
-#[ignore = "BUG: a passed but unobserved deadline loses to a later cancel of an ancestor \
-            (the child's own cancel() observes it first; the ancestor's walk does not)"]
 fn go_cause_passed_deadline_beats_later_parent_cancel() {
     static CLOCK: ManualClock = ManualClock::new();
     let (parent, cancel) = Context::with_clock(&CLOCK).child();

@@ -16,10 +16,12 @@
 //!   `cancel_with_cause` / `is_cancelled` / drop, `on_cancel`) cancels the deadline's owner
 //!   with `DeadlineExceeded` (and the deadline's own cause, if any) before anything else
 //!   happens. `Instant::FAR_FUTURE` is never reached. So an explicit cancel over an expired,
-//!   unobserved deadline loses; an ancestor's cancel over a descendant's expired but
-//!   unobserved deadline wins. Which of two nested expired deadlines fires first depends on
-//!   which is observed first, so the checks run in a fixed order (oldest context first, or
-//!   newest first: part of the generated input) that the model follows exactly;
+//!   unobserved deadline loses; and an ancestor's cancel that reaches a deadline node whose
+//!   own deadline has passed gives it (and its subtree) `DeadlineExceeded` with the
+//!   deadline's cause, as if Go's timer had fired first. Which of two nested expired
+//!   deadlines is observed first still decides nothing: the inner one is the earlier and
+//!   wins either way. The checks run in a fixed order (oldest context first, or newest
+//!   first: part of the generated input) that the model follows exactly;
 //! - `on_cancel` runs its callback at once on a done context, never on a context that can
 //!   never be cancelled (there the first `stop()` returns `true`), otherwise exactly once
 //!   when the nearest cancel node at or above it is cancelled, unless `stop()` (which returns
@@ -400,7 +402,20 @@ impl Model {
             }
         }
         for &x in &hit {
-            self.nodes[x].done = Some(done);
+            // The nearest deadline node between `x` (included) and `c` (excluded) whose
+            // deadline has passed decides; otherwise the cancel does.
+            let now = self.now;
+            let own =
+                self.chain(x)
+                    .take_while(|&y| y != c)
+                    .find_map(|y| match self.nodes[y].kind {
+                        Kind::Deadline { at, cause } if at < FAR && now >= at => Some(Done {
+                            err: Error::DeadlineExceeded,
+                            cause: cause.map_or(Why::Bare(Error::DeadlineExceeded), Why::Step),
+                        }),
+                        _ => None,
+                    });
+            self.nodes[x].done = Some(own.unwrap_or(done));
         }
         for cb in &mut self.cbs {
             if let Cb::Pending { owner } = *cb {

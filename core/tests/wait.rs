@@ -400,3 +400,52 @@ fn a_panicking_waker_does_not_keep_the_cancel_from_the_subtree() {
     assert_eq!(outcome, (true, true, 1, 1));
     assert!(!h.cancel());
 }
+
+/// A waker whose last reference owns another pending waiter on the same context (the
+/// field is only ever dropped: that is its purpose).
+struct OwnsAWaiter(#[allow(dead_code)] std::sync::Mutex<Option<Pin<Box<CancelledOwned>>>>);
+
+impl Wake for OwnsAWaiter {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// Runs `f` on a thread and fails (rather than hangs) if it does not finish: a deadlock
+/// here is the bug under test.
+fn finishes(f: impl FnOnce() + Send + 'static) -> bool {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(Duration::from_secs(60)).is_ok()
+}
+
+/// A waker's `Drop` that drops another waiter of the same context (which unlinks itself,
+/// taking the wait list's lock) runs after the lock is released: re-polling with a new
+/// waker, and dropping the waiting future, both drop the old waker.
+#[test]
+fn a_replaced_or_dropped_waker_may_drop_a_waiter_of_the_same_context() {
+    let (ctx, h) = Context::background().child();
+    let c = ctx.clone();
+    let ok = finishes(move || {
+        for drop_future in [false, true] {
+            let mut inner = Box::pin(c.cancelled_owned());
+            assert!(poll_once(inner.as_mut(), Waker::noop()).is_pending());
+            let owning = Waker::from(Arc::new(OwnsAWaiter(std::sync::Mutex::new(Some(inner)))));
+            let mut outer = Box::pin(c.cancelled_owned());
+            assert!(poll_once(outer.as_mut(), &owning).is_pending());
+            drop(owning); // `outer`'s stored clone is now the last one
+            if drop_future {
+                drop(outer);
+            } else {
+                assert!(poll_once(outer.as_mut(), Waker::noop()).is_pending());
+            }
+        }
+    });
+    if !ok {
+        core::mem::forget(h); // its cancel would block on the held lock too
+        panic!("deadlocked: a waker was dropped under the wait list's lock");
+    }
+    assert!(h.cancel());
+    assert!(ctx.is_cancelled());
+}
