@@ -27,6 +27,14 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
     });
 }
 
+/// A child whose only handle is the returned `Context` (no `CancelHandle`, and no shadowed
+/// binding keeping a second handle alive until the end of the model).
+fn disarmed(parent: &Context) -> Context {
+    let (c, h) = parent.child();
+    drop(c);
+    h.disarm()
+}
+
 #[derive(Debug)]
 struct Why(u32);
 impl core::fmt::Display for Why {
@@ -62,8 +70,7 @@ fn child_registration_races_parent_cancel() {
 fn child_drop_races_parent_cancel() {
     model(|| {
         let (parent, cancel) = Context::background().child();
-        let (child, h) = parent.child();
-        let child = h.disarm().with_value(1u8).clone();
+        let child = disarmed(&parent).with_value(1u8);
         drop(parent);
         let t = thread::spawn(move || drop(child));
         cancel.cancel();
@@ -185,8 +192,7 @@ fn deadline_expiry_observed_from_two_threads() {
 fn last_reference_drop_races_cancel() {
     model(|| {
         let (root, cancel) = Context::background().child();
-        let (a, ha) = root.child();
-        let a = ha.disarm();
+        let a = disarmed(&root);
         let a2 = a.clone();
         drop(root);
         let t1 = thread::spawn(move || drop(a));
@@ -229,5 +235,226 @@ fn table_growth_races_cancel() {
         let (c, hc) = t.join().unwrap();
         assert!(a.is_cancelled() && b.is_cancelled() && c.is_cancelled());
         drop(hc);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Nested walks, table growth, the free list, deadlines, waiters and callback re-entrancy.
+
+/// Nested cancel: the child cancels itself (and walks its own subtree) while the root's
+/// walker reaches it; the grandchild is cancelled exactly once, with the child's reason,
+/// and everything is freed.
+#[test]
+fn nested_child_cancel_races_parent_walk() {
+    model(|| {
+        let (root, cancel) = Context::background().child();
+        let (c, hc) = root.child();
+        let (g, _hg) = c.child();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let _reg = g.on_cancel(move || {
+            r.fetch_add(1, SeqCst);
+        });
+        let t = thread::spawn(move || hc.cancel_with_cause(Why(2)));
+        let won_root = cancel.cancel();
+        let won_child = t.join().unwrap();
+        assert!(won_root);
+        assert!(g.is_cancelled() && c.is_cancelled());
+        assert_eq!(runs.load(SeqCst), 1);
+        let want = if won_child {
+            "why 2"
+        } else {
+            "context cancelled"
+        };
+        assert_eq!(c.cause().unwrap().to_string(), want);
+        assert_eq!(g.cause().unwrap().to_string(), want);
+        drop(root);
+    });
+}
+
+/// The guarantee of `cancel()` (context.rs, "Memory ordering"): when the root's cancel
+/// returns, every descendant is done unless another thread's cancel of an intermediate
+/// node won that node first (its canceller walks the rest). Here: if the child's own
+/// cancel lost, the grandchild is done the moment the root's cancel returns.
+#[test]
+fn descendants_done_when_a_winning_cancel_returns() {
+    model(|| {
+        let (root, cancel) = Context::background().child();
+        let (c, hc) = root.child();
+        let (g, _hg) = c.child();
+        let t = thread::spawn(move || hc.cancel());
+        assert!(cancel.cancel());
+        let done_at_return = g.is_cancelled();
+        let won_child = t.join().unwrap();
+        if !won_child {
+            assert!(
+                done_at_return,
+                "root.cancel() returned, grandchild still live"
+            );
+        }
+        assert!(g.is_cancelled());
+        drop((root, c));
+    });
+}
+
+/// Walk resume: the walker is inside `a`'s subtree (two levels) while `b` (the next
+/// sibling) and `a`'s last handles are dropped; it must come back to the root via
+/// `owner_ptr`, resume at `a.slot + 1`, and free everything exactly once.
+#[test]
+fn walk_resume_races_sibling_and_self_drop() {
+    model(|| {
+        let (root, cancel) = Context::background().child();
+        let a = disarmed(&root);
+        let a1 = disarmed(&a);
+        let b = disarmed(&root);
+        let t = thread::spawn(move || {
+            drop(b);
+            drop(a);
+            a1.is_cancelled()
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        drop(root);
+    });
+}
+
+/// Directory and chunk growth raced by two registrants (loom: two inline slots, so both
+/// land in chunk 1 and race `ensure_dir` / `ensure_chunk`), then cancelled.
+#[test]
+fn two_registrants_race_table_growth() {
+    model(|| {
+        let (parent, cancel) = Context::background().child();
+        let (_a, _ha) = parent.child();
+        let (_b, _hb) = parent.child();
+        let p2 = parent.clone();
+        let t = thread::spawn(move || p2.child());
+        let (c, hc) = parent.child();
+        let (d, hd) = t.join().unwrap();
+        cancel.cancel();
+        assert!(c.is_cancelled() && d.is_cancelled());
+        drop((hc, hd));
+    });
+}
+
+/// Free list: two unregistrations (concurrent pushes) race one registration (pop or
+/// bump); the new child is still reached by the cancel and no index is handed out twice.
+#[test]
+fn free_list_push_push_pop() {
+    model(|| {
+        let (parent, cancel) = Context::background().child();
+        let x = disarmed(&parent);
+        let y = disarmed(&parent);
+        let p2 = parent.clone();
+        let t = thread::spawn(move || drop(x));
+        let t2 = thread::spawn(move || {
+            let (n, hn) = p2.child();
+            (n, hn)
+        });
+        drop(y);
+        t.join().unwrap();
+        let (n, hn) = t2.join().unwrap();
+        let (m, hm) = parent.child(); // pops whatever is left
+        cancel.cancel();
+        assert!(n.is_cancelled() && m.is_cancelled());
+        drop((hn, hm));
+    });
+}
+
+/// Unregistration racing the walk of a *grandchild* table: `g` is dropped (index pushed
+/// to `c`'s free list) while the root's walker walks `c`.
+#[test]
+fn grandchild_drop_races_walk() {
+    model(|| {
+        let (root, cancel) = Context::background().child();
+        let (c, _hc) = root.child();
+        let g = disarmed(&c);
+        let t = thread::spawn(move || drop(g));
+        cancel.cancel();
+        t.join().unwrap();
+        assert!(c.is_cancelled());
+    });
+}
+
+/// Deadline expiry observed on one thread races an explicit cancel with a cause on
+/// another: one wins, and reason and cause agree everywhere below.
+#[test]
+fn deadline_expiry_races_explicit_cancel() {
+    model(|| {
+        let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+        let root = Context::with_clock(clock);
+        let (ctx, h) = root.with_timeout(core::time::Duration::from_secs(1));
+        let (below, _g) = ctx.child();
+        clock.advance(core::time::Duration::from_secs(1));
+        let other = below.clone();
+        let t = thread::spawn(move || other.err());
+        let won = h.cancel_with_cause(Why(1));
+        let theirs = t.join().unwrap();
+        let want = if won {
+            Error::Cancelled
+        } else {
+            Error::DeadlineExceeded
+        };
+        assert_eq!(theirs, Some(want));
+        assert_eq!(ctx.err(), Some(want));
+        assert_eq!(below.err(), Some(want));
+        let cause = below.cause().unwrap().to_string();
+        assert_eq!(cause == "why 1", won);
+    });
+}
+
+/// A waiter that was linked (polled once) is dropped while the walker closes the list.
+#[test]
+fn waiter_drop_races_cancel() {
+    use core::future::Future;
+    use core::task::{Context as Cx, Waker};
+    model(|| {
+        let (ctx, cancel) = Context::background().child();
+        let c2 = ctx.clone();
+        let t = thread::spawn(move || {
+            let mut f = Box::pin(c2.cancelled_owned());
+            let _ = f.as_mut().poll(&mut Cx::from_waker(Waker::noop()));
+            drop(f);
+        });
+        cancel.cancel();
+        t.join().unwrap();
+    });
+}
+
+/// Callback reentrancy: a callback drops the last handles of the node being walked while
+/// another thread drops the entry's `OnCancel`.
+#[test]
+fn callback_drops_last_handle_of_walked_node() {
+    model(|| {
+        let (root, cancel) = Context::background().child();
+        let c = disarmed(&root);
+        let slot = Arc::new(loom::sync::Mutex::new(Some(c.clone())));
+        let s = slot.clone();
+        let reg = c.on_cancel(move || drop(s.lock().unwrap().take()));
+        drop(c);
+        let t = thread::spawn(move || drop(reg));
+        cancel.cancel();
+        t.join().unwrap();
+        assert!(slot.lock().unwrap().is_none());
+        drop(root);
+    });
+}
+
+/// A deadline child whose deadline has passed, unobserved, when its parent's walker
+/// reaches it while another thread observes it: whoever is first, the child reports
+/// `DeadlineExceeded` with its own cause (the deadline fired before the cancel).
+#[test]
+fn passed_deadline_observed_while_parent_walk_reaches_it() {
+    model(|| {
+        let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+        let (parent, cancel) = Context::with_clock(clock).child();
+        let (ctx, _h) = parent.with_timeout_cause(core::time::Duration::from_secs(1), Why(7));
+        clock.advance(core::time::Duration::from_secs(1));
+        let other = ctx.clone();
+        let t = thread::spawn(move || other.err());
+        assert!(cancel.cancel_with_cause(Why(1)));
+        assert_eq!(t.join().unwrap(), Some(Error::DeadlineExceeded));
+        assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+        assert_eq!(ctx.cause().unwrap().to_string(), "why 7");
+        assert_eq!(parent.cause().unwrap().to_string(), "why 1");
     });
 }
