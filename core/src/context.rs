@@ -247,7 +247,12 @@ impl Context {
     /// that cancels it (or observes its deadline), or right now if it already is done.
     ///
     /// The registration keeps the context alive until `f` runs or
-    /// [`OnCancel::stop`] is called; dropping the [`OnCancel`] does not stop it. With
+    /// [`OnCancel::stop`] is called; dropping the [`OnCancel`] does not stop it. So a
+    /// callback on a context that nothing can cancel any more (every [`CancelHandle`] at
+    /// and above it [disarmed](CancelHandle::disarm), and no deadline that anyone is left
+    /// to observe) keeps that context allocated until `stop()`: Go's garbage collector
+    /// would reclaim it, kontext does not. Keep the handle armed (cancel-on-drop, the
+    /// default), or `stop()` callbacks you no longer need. With
     /// `std`, a panic in `f` is caught so the rest of the tree is still cancelled and every
     /// other callback runs; the canceller then resumes the first panic.
     #[doc(alias = "AfterFunc")]
