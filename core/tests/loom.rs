@@ -1,7 +1,7 @@
 //! Loom models of the tree's lock-free algorithms (`tree.rs` invariants 1–7).
 //!
 //! CI (bounded):
-//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p kontext --test loom --release`
+//! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=4 cargo test -p kontext --test loom --release`
 //! Exhaustive: the same without `LOOM_MAX_PREEMPTIONS` (takes much longer).
 //!
 //! Every model ends by dropping everything and checking that every node, side table and
