@@ -1238,9 +1238,10 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                         // A deadline that has passed fired first, even if nobody has looked
                         // yet (Go's timer would have): the child reports its own deadline.
                         let st = match kind {
-                            // SAFETY: a deadline node, alive through our reference.
                             Kind::Deadline => {
-                                passed_deadline_state(unsafe { time_ext(l.cast()) }).unwrap_or(inh)
+                                // SAFETY: a deadline node, alive through our reference.
+                                let te = unsafe { time_ext(l.cast()) };
+                                passed_deadline_state(te).unwrap_or(inh)
                             }
                             _ => inh,
                         };
