@@ -9,8 +9,8 @@ extern crate std;
 
 mod context;
 mod error;
-#[cfg(feature = "rt")]
-#[cfg_attr(docsrs, doc(cfg(feature = "rt")))]
+#[cfg(feature = "timer")]
+#[cfg_attr(docsrs, doc(cfg(feature = "timer")))]
 pub mod rt;
 mod sync;
 mod time;

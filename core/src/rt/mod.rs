@@ -1,6 +1,6 @@
-//! What every runtime adapter shares (feature `rt`): waiting that honours deadlines with a
-//! runtime timer, tasks bound to a context, task tracking for graceful shutdown, and an
-//! errgroup-style [`Group`].
+//! What every runtime adapter shares: waiting that honours deadlines with a runtime timer
+//! (feature `timer`, no_std: [`Timer`], `Done`, `Run`), and with feature `rt` (std) tasks
+//! bound to a context, task tracking for graceful shutdown, and an errgroup-style `Group`.
 //!
 //! An adapter (`kontext-tokio`, `kontext-smol`, ...) only supplies a [`Timer`] (sleep for a
 //! duration), a [`Spawn`]er (start a `'static` task) and a [`Clock`](crate::Clock) for its
@@ -20,18 +20,26 @@
 //!   under a context ([`TaskTracker::wait`]).
 
 mod done;
+#[cfg(feature = "rt")]
 mod group;
+#[cfg(feature = "rt")]
 mod manual;
+#[cfg(feature = "rt")]
 mod task;
+#[cfg(feature = "rt")]
 mod tracker;
 
 use core::future::Future;
 use core::time::Duration;
 
 pub use done::{Done, DoneOwned, Run};
+#[cfg(feature = "rt")]
 pub use group::{Group, TaskPanicked};
+#[cfg(feature = "rt")]
 pub use manual::{ManualSleep, ManualTime};
+#[cfg(feature = "rt")]
 pub use task::{spawn, JoinError, JoinHandle, Task};
+#[cfg(feature = "rt")]
 pub use tracker::{TaskTracker, TrackerWait};
 
 /// A runtime's timer: sleeps for a duration of the runtime's time.
@@ -47,6 +55,7 @@ pub trait Timer: Clone + Send + Sync + 'static {
     fn sleep(&self, duration: Duration) -> Self::Sleep;
 }
 
+#[cfg(feature = "rt")]
 /// A runtime's spawner: runs a `'static` future as an independent task.
 pub trait Spawn: Clone + Send + Sync + 'static {
     /// The runtime's join handle. Resolves to `Some(output)`, or `None` if the runtime
@@ -61,6 +70,7 @@ pub trait Spawn: Clone + Send + Sync + 'static {
         F::Output: Send + 'static;
 }
 
+#[cfg(feature = "rt")]
 /// A drain ran out of its grace period with tasks still running. From [`drain`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DrainTimeout {
@@ -68,6 +78,7 @@ pub struct DrainTimeout {
     pub remaining: usize,
 }
 
+#[cfg(feature = "rt")]
 impl core::fmt::Display for DrainTimeout {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
@@ -78,8 +89,10 @@ impl core::fmt::Display for DrainTimeout {
     }
 }
 
+#[cfg(feature = "rt")]
 impl core::error::Error for DrainTimeout {}
 
+#[cfg(feature = "rt")]
 /// Waits until `tracker` counts no task, or until `grace` has passed on `timer` (then
 /// `Err` with how many are left). Cancel the tracked context first; this only waits.
 /// `None` waits without a limit (and arms no timer).
@@ -108,6 +121,7 @@ pub async fn drain<T: Timer>(
     .await
 }
 
+#[cfg(feature = "rt")]
 /// Why a shutdown helper cancelled a root: the signal received. Adapters that listen for
 /// signals (`kontext_tokio::shutdown`) cancel with this as the cause.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +133,7 @@ pub enum Signal {
     Terminate,
 }
 
+#[cfg(feature = "rt")]
 impl core::fmt::Display for Signal {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
@@ -128,4 +143,5 @@ impl core::fmt::Display for Signal {
     }
 }
 
+#[cfg(feature = "rt")]
 impl core::error::Error for Signal {}
