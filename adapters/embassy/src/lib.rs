@@ -1,0 +1,164 @@
+//! kontext on embassy: the whole kontext API plus what needs a runtime — a clock from
+//! `embassy_time` and waiting that wakes at a deadline with one `embassy_time::Timer`
+//! (none without a deadline). `#![no_std]`.
+//!
+//! ```
+//! use core::time::Duration;
+//! use kontext_embassy::{ContextExt, Error};
+//! # use embassy_time::MockDriver;
+//! # futures_executor::block_on(async {
+//! let root = kontext_embassy::background();
+//! let (radio, _cancel) = root.with_timeout(Duration::from_millis(50));
+//! # MockDriver::get().advance(embassy_time::Duration::from_millis(50));
+//! // Waits for the radio's deadline with one embassy timer (none without a deadline).
+//! radio.done().await;
+//! assert_eq!(radio.err(), Some(Error::DeadlineExceeded));
+//! # });
+//! ```
+//!
+//! Status (issue 6): this first increment runs on the heap API (`alloc`: a global
+//! allocator such as `embedded-alloc`). Contexts in `static` and pinned storage, without
+//! any allocator, are the next step (see `notes/issue-6-design.md`).
+
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use core::future::Future;
+use core::time::Duration;
+
+pub use kontext::*;
+
+/// [`kontext::rt::Done`] with embassy's timer.
+pub type Done<'a> = rt::Done<'a, EmbassyTimer>;
+/// [`kontext::rt::DoneOwned`] with embassy's timer.
+pub type DoneOwned = rt::DoneOwned<EmbassyTimer>;
+/// [`kontext::rt::Run`] with embassy's timer.
+pub type Run<'a, F> = rt::Run<'a, EmbassyTimer, F>;
+
+/// A root whose descendants measure deadlines on embassy's clock ([`EmbassyClock`]).
+/// Use it instead of [`Context::background`] (which has no clock without `std`).
+pub fn background() -> Context {
+    Context::with_clock(&EmbassyClock)
+}
+
+/// `embassy_time::Instant` (time since boot, from the firmware's time driver) as a
+/// kontext [`Clock`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbassyClock;
+
+const fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+const NANOS: u64 = 1_000_000_000;
+const TICK_HZ: u64 = embassy_time::TICK_HZ;
+/// `nanos = ticks * NANOS_PER / TICKS_PER` and back, reduced so the fast path rarely
+/// overflows (1 MHz ticks: `* 1000 / 1`; 32 768 Hz: `* 1953125 / 64`).
+const NANOS_PER: u64 = NANOS / gcd(TICK_HZ, NANOS);
+const TICKS_PER: u64 = TICK_HZ / gcd(TICK_HZ, NANOS);
+
+impl EmbassyClock {
+    /// The kontext instant of an embassy instant (saturating, never wrapping).
+    pub fn instant(at: embassy_time::Instant) -> Instant {
+        Instant::from_nanos(ticks_to_nanos(at.as_ticks()))
+    }
+}
+
+fn ticks_to_nanos(ticks: u64) -> u64 {
+    match ticks.checked_mul(NANOS_PER) {
+        Some(n) => n / TICKS_PER,
+        None => {
+            let n = u128::from(ticks) * u128::from(NANOS_PER) / u128::from(TICKS_PER);
+            u64::try_from(n).unwrap_or(u64::MAX)
+        }
+    }
+}
+
+/// Ticks for a duration, rounded up (never wake early), saturating.
+fn duration_to_ticks(d: Duration) -> u64 {
+    let nanos = d.as_nanos(); // u128: exact for every Duration
+    let ticks = nanos
+        .saturating_mul(u128::from(TICKS_PER))
+        .div_ceil(u128::from(NANOS_PER));
+    u64::try_from(ticks).unwrap_or(u64::MAX)
+}
+
+impl Clock for EmbassyClock {
+    fn now(&self) -> Instant {
+        EmbassyClock::instant(embassy_time::Instant::now())
+    }
+}
+
+/// embassy's timer (`embassy_time::Timer`) for [`kontext::rt`]. Durations round up to
+/// whole ticks and saturate (`Duration::MAX` never fires).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EmbassyTimer;
+
+impl rt::Timer for EmbassyTimer {
+    type Sleep = embassy_time::Timer;
+    fn sleep(&self, duration: Duration) -> Self::Sleep {
+        let ticks = embassy_time::Duration::from_ticks(duration_to_ticks(duration));
+        let at = embassy_time::Instant::now()
+            .checked_add(ticks)
+            .unwrap_or(embassy_time::Instant::MAX);
+        embassy_time::Timer::at(at)
+    }
+}
+
+/// The runtime half of [`Context`] on embassy.
+pub trait ContextExt {
+    /// Completes when the context is done, waking at its deadline (one embassy timer, only
+    /// if it has one). Go's `<-ctx.Done()`.
+    fn done(&self) -> Done<'_>;
+
+    /// [`done`](ContextExt::done) owning a clone of the context (for `'static` futures).
+    fn done_owned(&self) -> DoneOwned;
+
+    /// Runs `future` until it completes (`Ok`) or the context is done, at the latest at
+    /// its deadline (`Err(reason)`); the future is then no longer polled.
+    fn run<F: Future>(&self, future: F) -> Run<'_, F>;
+
+    /// Sleeps for `duration`, or less if the context is done first (`Err(reason)`).
+    fn sleep(&self, duration: Duration) -> Run<'_, embassy_time::Timer>;
+}
+
+impl ContextExt for Context {
+    fn done(&self) -> Done<'_> {
+        rt::Done::new(self, EmbassyTimer)
+    }
+
+    fn done_owned(&self) -> DoneOwned {
+        rt::DoneOwned::new(self.clone(), EmbassyTimer)
+    }
+
+    fn run<F: Future>(&self, future: F) -> Run<'_, F> {
+        rt::Run::new(self, EmbassyTimer, future)
+    }
+
+    fn sleep(&self, duration: Duration) -> Run<'_, embassy_time::Timer> {
+        self.run(rt::Timer::sleep(&EmbassyTimer, duration))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_round_trip_and_saturate() {
+        assert_eq!(ticks_to_nanos(0), 0);
+        assert_eq!(ticks_to_nanos(TICK_HZ), NANOS);
+        // Ticks coarser than nanoseconds (every real tick rate): the far end saturates.
+        assert_eq!(ticks_to_nanos(u64::MAX), u64::MAX);
+        assert_eq!(ticks_to_nanos(u64::MAX / 2), u64::MAX);
+        assert_eq!(duration_to_ticks(Duration::from_secs(1)), TICK_HZ);
+        assert_eq!(duration_to_ticks(Duration::MAX), u64::MAX);
+        assert_eq!(duration_to_ticks(Duration::ZERO), 0);
+        // Rounds up: never wakes before the duration has passed.
+        assert!(ticks_to_nanos(duration_to_ticks(Duration::from_nanos(1))) >= 1);
+    }
+}
