@@ -55,14 +55,15 @@ pub(crate) fn spin_hint() {
 }
 
 /// A mutual-exclusion lock used only by wait lists (never on the cancel, create, drop,
-/// check or lookup paths): std's `Mutex` with `std`, loom's under loom, otherwise a small
-/// test-and-test-and-set spin lock.
+/// check or lookup paths): std's `Mutex` with `std`, loom's under loom, a critical section
+/// with feature `critical-section`, otherwise a small test-and-test-and-set spin lock.
 ///
 /// The spin lock is not interrupt-safe: on a single core, an interrupt handler that polls a
 /// waiting future or cancels a context while the interrupted code holds the same list's
-/// lock spins forever. Without `std`, wait on contexts and cancel them from tasks (thread
-/// mode), not from interrupt handlers; checking (`is_cancelled`) is lock-free and fine
-/// anywhere.
+/// lock spins forever. Without `std`, either enable `critical-section` (the lock then masks
+/// interrupts, or takes the multi-core lock the firmware's implementation provides, for the
+/// few instructions it is held), or wait on contexts and cancel them only from tasks
+/// (thread mode). Checking (`is_cancelled`) is lock-free and fine anywhere.
 #[cfg(feature = "alloc")]
 pub(crate) use self::mutex::Mutex;
 
@@ -97,7 +98,81 @@ mod mutex {
     }
 }
 
-#[cfg(all(feature = "alloc", not(feature = "std"), not(loom)))]
+#[cfg(all(
+    feature = "alloc",
+    not(feature = "std"),
+    feature = "critical-section",
+    not(loom)
+))]
+mod mutex {
+    use core::cell::UnsafeCell;
+    use core::marker::PhantomData;
+    use core::ops::{Deref, DerefMut};
+
+    #[derive(Debug)]
+    pub(crate) struct Mutex<T> {
+        value: UnsafeCell<T>,
+    }
+
+    // SAFETY: `value` is only reached through a `Guard`, which exists only inside a
+    // critical section, and critical sections exclude each other (on every core).
+    unsafe impl<T: Send> Sync for Mutex<T> {}
+    // SAFETY: as above; moving the lock moves the value.
+    unsafe impl<T: Send> Send for Mutex<T> {}
+
+    /// Holds the critical section; `!Send`, so it is released on the thread (or interrupt
+    /// level) that acquired it, as `critical_section::release` requires.
+    pub(crate) struct Guard<'a, T> {
+        mutex: &'a Mutex<T>,
+        restore: critical_section::RestoreState,
+        _not_send: PhantomData<*const ()>,
+    }
+
+    impl<T> Mutex<T> {
+        pub(crate) fn new(v: T) -> Self {
+            Self {
+                value: UnsafeCell::new(v),
+            }
+        }
+        pub(crate) fn lock(&self) -> Guard<'_, T> {
+            // SAFETY: released exactly once, by `Guard::drop`, with this restore state.
+            // Guards are properly nested: the crate never holds two wait-list guards at
+            // once, and a guard lives in one scope.
+            let restore = unsafe { critical_section::acquire() };
+            Guard {
+                mutex: self,
+                restore,
+                _not_send: PhantomData,
+            }
+        }
+    }
+    impl<T> Deref for Guard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            // SAFETY: we are inside the critical section.
+            unsafe { &*self.mutex.value.get() }
+        }
+    }
+    impl<T> DerefMut for Guard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            // SAFETY: inside the critical section, and `&mut self` makes it unique.
+            unsafe { &mut *self.mutex.value.get() }
+        }
+    }
+    impl<T> Drop for Guard<'_, T> {
+        fn drop(&mut self) {
+            // SAFETY: the state `lock` acquired, released once (see `lock`).
+            unsafe { critical_section::release(self.restore) };
+        }
+    }
+}
+
+#[cfg(all(
+    feature = "alloc",
+    not(feature = "std"),
+    not(feature = "critical-section"),
+    not(loom)
+))]
 mod mutex {
     use super::Ordering;
     use core::cell::UnsafeCell;
