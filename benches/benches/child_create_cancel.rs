@@ -1,64 +1,38 @@
-//! Deriving children and checking them: kontext beside tokio-util's `CancellationToken`.
+//! Deriving children of one long-lived parent: kontext beside tokio-util's
+//! `CancellationToken`, and deadline children and on-cancel callbacks (kontext only:
+//! tokio-util has neither; Go's rows stand beside them in `compare.sh`).
 //!
 //! Scenario names follow `shared/go-baseline` (`fanout/fanout_test.go`, CamelCase →
-//! snake_case), so each row here has a Go row to stand beside:
+//! snake_case):
 //!
-//! - `child_create_cancel/{uncontended, contended_2}`: derive a child of one long-lived
-//!   parent, cancel it, drop it (Go: `WithCancel(parent)` + `cancel()`);
-//! - `child_create_drop/contended_2`: derive a child and drop it uncancelled (no Go row: a Go
-//!   child stays in its parent's map until the parent is cancelled);
-//! - `is_cancelled/depth_{1, 10, 100}`: check a live context that many levels deep (Go:
-//!   `Err()`), the root counted as level 1.
+//! - `child_create_cancel/{uncontended, contended_P}`: derive a child of one live parent,
+//!   cancel it, drop it (Go: `WithCancel(parent)` + `cancel()`);
+//! - `child_create_drop/{uncontended, contended_P}`: derive a child and drop it uncancelled,
+//!   the server's per-request pattern under a long-lived root (no Go row: a Go child stays in
+//!   its parent's map until the parent is cancelled);
+//! - `deadline_child/{create_cancel, create_cancel_contended_P}`: derive a child with a
+//!   deadline an hour ahead (reading the clock, as Go's `time.Now().Add(time.Hour)`) and
+//!   cancel it (Go: `WithDeadline` + `cancel()`, which arms and stops a runtime timer;
+//!   kontext arms none);
+//! - `after_func/register_stop`: register an on-cancel callback on a live context and stop
+//!   it (Go: `AfterFunc(parent, f)` + `stop()`).
 //!
 //! Both systems do the same work in every scenario, in the same group, and nothing is cached
 //! across iterations: each iteration derives a fresh child of the same parent.
 //!
-//! The contended rows report wall time per operation across all threads (inverse
-//! throughput), Go's `RunParallel` unit: `iters` operations are split between
-//! [`THREADS`] threads that a [`Barrier`] starts together; the time is from the first
-//! thread's start to the last thread's end.
+//! The contended rows report wall time per operation across all `P` threads (inverse
+//! throughput), Go's `RunParallel` unit; `P` is `KONTEXT_BENCH_THREADS` or the core count.
 
 use std::hint::black_box;
-use std::sync::Barrier;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kontext::{CancelHandle, Context};
+use kontext_benches::{contended, contended_id, Timing, KONTEXT, TOKIO_UTIL};
 use tokio_util::sync::CancellationToken;
 
-/// Threads in the `contended_*` rows (the bench machine has 2 cores, as Go's `GOMAXPROCS`).
-const THREADS: usize = 2;
-
-/// Runs `iters` calls of `op(parent)` split between [`THREADS`] threads started together;
-/// returns the wall time from the first start to the last end.
-fn contended<P: Sync>(parent: &P, iters: u64, op: impl Fn(&P) + Sync) -> Duration {
-    let barrier = Barrier::new(THREADS);
-    let per_thread = iters / THREADS as u64;
-    let remainder = iters % THREADS as u64;
-    let spans: Vec<(Instant, Instant)> = thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|i| {
-                let n = per_thread + if i == 0 { remainder } else { 0 };
-                let (barrier, op) = (&barrier, &op);
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        op(parent);
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
-    let first = spans.iter().map(|&(start, _)| start).min().unwrap();
-    let last = spans.iter().map(|&(_, end)| end).max().unwrap();
-    last - first
-}
-
-/// A live child of the background root, the long-lived parent of every scenario.
+/// A live child of the background root: the long-lived parent of every scenario (Go's
+/// `WithCancel(Background())`).
 fn kontext_parent() -> (Context, CancelHandle) {
     Context::background().child()
 }
@@ -87,24 +61,35 @@ fn tokio_create_drop(parent: &CancellationToken) {
     drop(parent.child_token());
 }
 
+/// Go's deadline: an hour from now, read from the clock at every iteration.
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn kontext_deadline_create_cancel(parent: &Context) {
+    let (ctx, handle) = parent.with_timeout(HOUR);
+    black_box(handle.cancel());
+    drop(ctx);
+    drop(handle);
+}
+
 fn child_create_cancel(c: &mut Criterion) {
     let mut group = c.benchmark_group("child_create_cancel");
+    Timing::CONTENDED.apply(&mut group);
 
     let (k_parent, _k_cancel) = kontext_parent();
     let t_parent = CancellationToken::new();
 
-    group.bench_function("kontext/uncontended", |b| {
+    group.bench_function(BenchmarkId::new(KONTEXT, "uncontended"), |b| {
         b.iter(|| kontext_create_cancel(black_box(&k_parent)))
     });
-    group.bench_function("tokio-util/uncontended", |b| {
+    group.bench_function(BenchmarkId::new(TOKIO_UTIL, "uncontended"), |b| {
         b.iter(|| tokio_create_cancel(black_box(&t_parent)))
     });
 
-    let contended_id = format!("contended_{THREADS}");
-    group.bench_function(format!("kontext/{contended_id}"), |b| {
+    let id = contended_id("");
+    group.bench_function(BenchmarkId::new(KONTEXT, &id), |b| {
         b.iter_custom(|iters| contended(&k_parent, iters, |p| kontext_create_cancel(black_box(p))))
     });
-    group.bench_function(format!("tokio-util/{contended_id}"), |b| {
+    group.bench_function(BenchmarkId::new(TOKIO_UTIL, &id), |b| {
         b.iter_custom(|iters| contended(&t_parent, iters, |p| tokio_create_cancel(black_box(p))))
     });
 
@@ -114,15 +99,23 @@ fn child_create_cancel(c: &mut Criterion) {
 
 fn child_create_drop(c: &mut Criterion) {
     let mut group = c.benchmark_group("child_create_drop");
+    Timing::CONTENDED.apply(&mut group);
 
     let (k_parent, _k_cancel) = kontext_parent();
     let t_parent = CancellationToken::new();
 
-    let contended_id = format!("contended_{THREADS}");
-    group.bench_function(format!("kontext/{contended_id}"), |b| {
+    group.bench_function(BenchmarkId::new(KONTEXT, "uncontended"), |b| {
+        b.iter(|| kontext_create_drop(black_box(&k_parent)))
+    });
+    group.bench_function(BenchmarkId::new(TOKIO_UTIL, "uncontended"), |b| {
+        b.iter(|| tokio_create_drop(black_box(&t_parent)))
+    });
+
+    let id = contended_id("");
+    group.bench_function(BenchmarkId::new(KONTEXT, &id), |b| {
         b.iter_custom(|iters| contended(&k_parent, iters, |p| kontext_create_drop(black_box(p))))
     });
-    group.bench_function(format!("tokio-util/{contended_id}"), |b| {
+    group.bench_function(BenchmarkId::new(TOKIO_UTIL, &id), |b| {
         b.iter_custom(|iters| contended(&t_parent, iters, |p| tokio_create_drop(black_box(p))))
     });
 
@@ -130,47 +123,51 @@ fn child_create_drop(c: &mut Criterion) {
     group.finish();
 }
 
-fn is_cancelled(c: &mut Criterion) {
-    let mut group = c.benchmark_group("is_cancelled");
+fn deadline_child(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deadline_child");
+    Timing::CONTENDED.apply(&mut group);
 
-    for depth in [1usize, 10, 100] {
-        // kontext: a child of the background root, then `depth - 1` children below it; the
-        // handles stay alive (dropping one would cancel its subtree).
-        let mut k_handles = Vec::with_capacity(depth);
-        let (mut k_leaf, handle) = Context::background().child();
-        k_handles.push(handle);
-        for _ in 1..depth {
-            let (ctx, handle) = k_leaf.child();
-            k_handles.push(handle);
-            k_leaf = ctx;
-        }
+    let (k_parent, _k_cancel) = kontext_parent();
+    // The child must really carry a deadline (the parent has none, so it is its own).
+    assert!(k_parent.with_timeout(HOUR).0.deadline().is_some());
 
-        // tokio-util: a fresh token, then `depth - 1` child tokens below it.
-        let mut t_chain = Vec::with_capacity(depth);
-        let mut t_leaf = CancellationToken::new();
-        for _ in 1..depth {
-            let child = t_leaf.child_token();
-            t_chain.push(t_leaf);
-            t_leaf = child;
-        }
+    group.bench_function(BenchmarkId::new(KONTEXT, "create_cancel"), |b| {
+        b.iter(|| kontext_deadline_create_cancel(black_box(&k_parent)))
+    });
+    group.bench_function(
+        BenchmarkId::new(KONTEXT, contended_id("create_cancel_")),
+        |b| {
+            b.iter_custom(|iters| {
+                contended(&k_parent, iters, |p| {
+                    kontext_deadline_create_cancel(black_box(p))
+                })
+            })
+        },
+    );
 
-        group.bench_function(format!("kontext/depth_{depth}"), |b| {
-            b.iter(|| black_box(&k_leaf).is_cancelled())
-        });
-        group.bench_function(format!("tokio-util/depth_{depth}"), |b| {
-            b.iter(|| black_box(&t_leaf).is_cancelled())
-        });
-
-        assert!(!k_leaf.is_cancelled() && !t_leaf.is_cancelled());
-    }
-
+    assert!(!k_parent.is_cancelled());
     group.finish();
 }
 
-criterion_group!(
-    benches,
-    child_create_cancel,
-    child_create_drop,
-    is_cancelled
-);
+fn after_func(c: &mut Criterion) {
+    let mut group = c.benchmark_group("after_func");
+    Timing::FAST.apply(&mut group);
+
+    let (k_parent, _k_cancel) = kontext_parent();
+    group.bench_function(BenchmarkId::new(KONTEXT, "register_stop"), |b| {
+        b.iter(|| {
+            let registration = black_box(&k_parent).on_cancel(|| {});
+            assert!(registration.stop(), "the callback ran");
+        })
+    });
+
+    assert!(!k_parent.is_cancelled());
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = kontext_benches::config();
+    targets = child_create_cancel, child_create_drop, deadline_child, after_func
+}
 criterion_main!(benches);

@@ -1,19 +1,26 @@
-//! Heap cost of a child: allocations per `child()` + cancel, bytes per node; kontext beside
-//! tokio-util's `child_token()`.
+//! Heap cost: bytes per node and allocations per operation, kontext beside tokio-util's
+//! `CancellationToken` (Go's figures are in the Go script's `TestAllocsActual`).
 //!
-//! A counting global allocator wraps [`System`]. Every figure is taken with one long-lived
-//! parent already holding a child (so one-time growth of the parent is outside the count),
-//! averaged over [`N`] children. "Live bytes per child" keeps [`N`] children alive at once
-//! and divides the growth of the live heap: it includes whatever the parent keeps per child.
+//! A counting global allocator wraps [`System`]. Every figure is averaged over [`N`]
+//! operations on one long-lived parent that keeps one other live child all along (so
+//! one-time growth of the parent is outside the count, and a parent's table of children
+//! never shrinks back to nothing between operations). "Live bytes per child" keeps [`N`] children alive at once
+//! and divides the growth of the live heap: it includes what the parent keeps per child.
+//!
+//! Prints a Markdown table (`compare.sh` puts it in `RESULTS.md`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
 use std::hint::black_box;
+use std::mem::size_of;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context as TaskContext, Poll, Waker};
+use std::time::Duration;
 
-use kontext::Context;
+use kontext::{CancelHandle, Context, OnCancel};
 use tokio_util::sync::CancellationToken;
 
-/// Children per measurement.
+/// Operations per measurement.
 const N: usize = 10_000;
 
 /// [`System`], counting what passes through it.
@@ -76,125 +83,267 @@ fn snapshot() -> Snapshot {
     }
 }
 
-/// Per-child averages of what `f` did to the counters, `f` run [`N`] times.
-fn per_child(label: &str, mut f: impl FnMut()) {
+/// Per-operation averages of what `f` did to the counters, `f` run [`N`] times.
+#[derive(Clone, Copy)]
+struct PerOp {
+    allocs: f64,
+    frees: f64,
+    bytes: f64,
+}
+
+impl PerOp {
+    fn show(self) -> String {
+        format!(
+            "{} allocs, {} frees, {} B",
+            num(self.allocs),
+            num(self.frees),
+            num(self.bytes)
+        )
+    }
+}
+
+fn num(x: f64) -> String {
+    if (x - x.round()).abs() < 0.0005 {
+        format!("{}", x.round() as i64)
+    } else {
+        format!("{x:.3}")
+    }
+}
+
+fn per_op(mut f: impl FnMut()) -> PerOp {
     let before = snapshot();
     for _ in 0..N {
         f();
     }
     let after = snapshot();
     let n = N as f64;
-    println!(
-        "  {label:<40} allocs {:>6.3}  frees {:>6.3}  bytes allocated {:>7.1}",
-        (after.allocs - before.allocs) as f64 / n,
-        (after.deallocs - before.deallocs) as f64 / n,
-        (after.bytes - before.bytes) as f64 / n,
-    );
+    PerOp {
+        allocs: (after.allocs - before.allocs) as f64 / n,
+        frees: (after.deallocs - before.deallocs) as f64 / n,
+        bytes: (after.bytes - before.bytes) as f64 / n,
+    }
 }
 
-/// Growth of the live heap per child while [`N`] children made by `make` are all alive.
-fn live_per_child<T>(label: &str, mut make: impl FnMut() -> T) {
-    let mut children = Vec::with_capacity(N);
+/// Allocations per item made by `make`, and growth of the live heap per item, while [`N`]
+/// of them are alive at once.
+fn live_per_item<T>(mut make: impl FnMut() -> T) -> (f64, f64) {
+    let mut items = Vec::with_capacity(N);
     let before = snapshot();
     for _ in 0..N {
-        children.push(make());
+        items.push(make());
     }
     let after = snapshot();
     let n = N as f64;
-    println!(
-        "  {label:<40} live bytes per child {:>7.1}  allocs {:>6.3}",
-        (after.live as f64 - before.live as f64) / n,
+    drop(black_box(items));
+    (
         (after.allocs - before.allocs) as f64 / n,
-    );
-    drop(black_box(children));
+        (after.live as f64 - before.live as f64) / n,
+    )
 }
 
-/// Per-child allocations and frees of each of three phases; `f` runs them on a fresh child
-/// and returns the readings around them.
-fn phases(labels: [&str; 3], mut f: impl FnMut() -> [Snapshot; 4]) {
-    let mut sums = [(0usize, 0usize); 3];
-    for _ in 0..N {
-        let s = f();
-        for (i, sum) in sums.iter_mut().enumerate() {
-            sum.0 += s[i + 1].allocs - s[i].allocs;
-            sum.1 += s[i + 1].deallocs - s[i].deallocs;
-        }
+/// Allocations and bytes per waiter: [`N`] futures made by `wait` (one per item of
+/// `targets`), each polled once (pending: registered), counted from the first poll to the
+/// last; the futures are then dropped (unregistered) outside the count.
+fn per_waiter<'a, T, F: Future>(targets: &'a [T], wait: impl Fn(&'a T) -> F) -> PerOp {
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    let mut futures: Vec<_> = targets.iter().map(|t| Box::pin(wait(t))).collect();
+    let before = snapshot();
+    for f in &mut futures {
+        assert!(f.as_mut().poll(&mut cx).is_pending());
     }
-    let n = N as f64;
-    for (label, (allocs, frees)) in labels.iter().zip(sums) {
-        println!(
-            "    {label:<38} allocs {:>6.3}  frees {:>6.3}",
-            allocs as f64 / n,
-            frees as f64 / n
-        );
+    let after = snapshot();
+    drop(futures);
+    let n = targets.len() as f64;
+    PerOp {
+        allocs: (after.allocs - before.allocs) as f64 / n,
+        frees: (after.deallocs - before.deallocs) as f64 / n,
+        bytes: (after.bytes - before.bytes) as f64 / n,
     }
 }
 
-fn kontext() {
-    println!("kontext");
-    for (name, size) in kontext::__node_sizes() {
-        println!("  node size {name:<30} {size:>4} bytes");
-    }
+/// One row of the table: a measure, kontext's figure, tokio-util's.
+struct Row(String, String, String);
 
-    let (parent, _cancel_parent) = Context::background().child();
-    // One child first, so that any one-time growth of the parent is not counted.
-    drop(parent.child());
-
-    per_child("child() + cancel() + drop", || {
-        let (ctx, handle) = black_box(&parent).child();
-        black_box(handle.cancel());
-        drop(ctx);
-        drop(handle);
-    });
-    per_child("child() + disarm() + drop (uncancelled)", || {
-        let (ctx, handle) = black_box(&parent).child();
-        drop(handle.disarm());
-        drop(ctx);
-    });
-    phases(["child()", "cancel()", "drop both"], || {
-        let s0 = snapshot();
-        let (ctx, handle) = black_box(&parent).child();
-        let s1 = snapshot();
-        black_box(handle.cancel());
-        let s2 = snapshot();
-        drop(ctx);
-        drop(handle);
-        [s0, s1, s2, snapshot()]
-    });
-    live_per_child("child() kept alive", || black_box(&parent).child());
-}
-
-fn tokio_util() {
-    println!("tokio-util CancellationToken");
-
-    let parent = CancellationToken::new();
-    // One child first, so that any one-time growth of the parent is not counted.
-    drop(parent.child_token());
-
-    per_child("child_token() + cancel() + drop", || {
-        let token = black_box(&parent).child_token();
-        token.cancel();
-        drop(token);
-    });
-    per_child("child_token() + drop (uncancelled)", || {
-        drop(black_box(&parent).child_token());
-    });
-    phases(["child_token()", "cancel()", "drop"], || {
-        let s0 = snapshot();
-        let token = black_box(&parent).child_token();
-        let s1 = snapshot();
-        token.cancel();
-        let s2 = snapshot();
-        drop(token);
-        [s0, s1, s2, snapshot()]
-    });
-    live_per_child("child_token() kept alive", || {
-        black_box(&parent).child_token()
-    });
+fn row(measure: &str, kontext: impl Into<String>, tokio_util: impl Into<String>) -> Row {
+    Row(measure.to_string(), kontext.into(), tokio_util.into())
 }
 
 fn main() {
-    println!("heap per child, averaged over {N} children of one live parent");
-    kontext();
-    tokio_util();
+    let mut rows = Vec::new();
+
+    // --- sizes
+    let sizes = kontext::__node_sizes();
+    let size = |name: &str| {
+        sizes
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or(0, |&(_, s)| s)
+    };
+    rows.push(row(
+        "size_of handle (Context / CancellationToken)",
+        format!("{} B", size_of::<Context>()),
+        format!("{} B", size_of::<CancellationToken>()),
+    ));
+    rows.push(row(
+        "size_of CancelHandle / OnCancel",
+        format!(
+            "{} B / {} B",
+            size_of::<CancelHandle>(),
+            size_of::<OnCancel>()
+        ),
+        "-",
+    ));
+    for (name, bytes) in sizes {
+        rows.push(row(&format!("node: {name}"), format!("{bytes} B"), "-"));
+    }
+
+    // --- one long-lived parent each, with one live child all along (so a parent's table
+    // never shrinks back to nothing: tokio-util frees its children's `Vec` when the last
+    // child goes, and allocates it again for the next)
+    let (k_parent, _k_cancel) = Context::background().child();
+    let _k_live_child = k_parent.child();
+    let t_parent = CancellationToken::new();
+    let _t_live_child = t_parent.child_token();
+
+    // Bytes of the one allocation of a tokio-util child (its tree node), for the sizes.
+    let t_child_bytes = per_op(|| drop(black_box(&t_parent).child_token()));
+    rows.push(row(
+        "node: child (bytes of its allocation)",
+        format!("{} B", size("cancel")),
+        format!("{} B", num(t_child_bytes.bytes)),
+    ));
+
+    // --- allocations per operation
+    rows.push(row(
+        "child + cancel + drop",
+        per_op(|| {
+            let (ctx, handle) = black_box(&k_parent).child();
+            black_box(handle.cancel());
+            drop(ctx);
+            drop(handle);
+        })
+        .show(),
+        per_op(|| {
+            let token = black_box(&t_parent).child_token();
+            token.cancel();
+            drop(token);
+        })
+        .show(),
+    ));
+    rows.push(row(
+        "child + drop uncancelled",
+        per_op(|| {
+            let (ctx, handle) = black_box(&k_parent).child();
+            drop(handle.disarm());
+            drop(ctx);
+        })
+        .show(),
+        t_child_bytes.show(),
+    ));
+    rows.push(row(
+        "deadline child (+1 h) + cancel + drop",
+        per_op(|| {
+            let (ctx, handle) = black_box(&k_parent).with_timeout(Duration::from_secs(3600));
+            black_box(handle.cancel());
+            drop(ctx);
+            drop(handle);
+        })
+        .show(),
+        "-",
+    ));
+    rows.push(row(
+        "value child (u64) + drop",
+        per_op(|| drop(black_box(&k_parent).with_value(7u64))).show(),
+        "-",
+    ));
+    rows.push(row(
+        "on_cancel + stop + drop",
+        per_op(|| {
+            let registration = black_box(&k_parent).on_cancel(|| {});
+            assert!(registration.stop());
+        })
+        .show(),
+        "-",
+    ));
+
+    // --- live heap per child
+    let (k_allocs, k_live) = live_per_item(|| black_box(&k_parent).child());
+    let (t_allocs, t_live) = live_per_item(|| black_box(&t_parent).child_token());
+    rows.push(row(
+        "N children alive: allocs per child",
+        num(k_allocs),
+        num(t_allocs),
+    ));
+    rows.push(row(
+        "N children alive: live bytes per child (incl. parent's table)",
+        format!("{} B", num(k_live)),
+        format!("{} B", num(t_live)),
+    ));
+
+    // --- waiters
+    let k_kids: Vec<(Context, CancelHandle)> = (0..N).map(|_| k_parent.child()).collect();
+    let t_kids: Vec<CancellationToken> = (0..N).map(|_| t_parent.child_token()).collect();
+    rows.push(row(
+        "first waiter on a fresh child (per waiter)",
+        per_waiter(&k_kids, |(ctx, _)| ctx.cancelled()).show(),
+        per_waiter(&t_kids, |t| t.cancelled()).show(),
+    ));
+    // The same children again: their wait lists (if any) exist now.
+    let mut k_keep = Vec::new();
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    for (ctx, _) in &k_kids {
+        let mut f = Box::pin(ctx.cancelled_owned());
+        assert_eq!(f.as_mut().poll(&mut cx), Poll::Pending);
+        k_keep.push(f);
+    }
+    rows.push(row(
+        "another waiter on a child already waited on (per waiter)",
+        per_waiter(&k_kids, |(ctx, _)| ctx.cancelled()).show(),
+        per_waiter(&t_kids, |t| t.cancelled()).show(),
+    ));
+    drop(k_keep);
+    let (k_root, k_root_cancel) = Context::background().child();
+    let t_root = CancellationToken::new();
+    let many = vec![(); N];
+    rows.push(row(
+        "N waiters on one context (per waiter)",
+        per_waiter(&many, |_| k_root.cancelled()).show(),
+        per_waiter(&many, |_| t_root.cancelled()).show(),
+    ));
+    {
+        // The fan-out-with-waiters setup: per child, derive it and wait on it once. Counted:
+        // deriving the children, then the first poll of each wait (the boxes that pin the
+        // futures, made in between, are not counted).
+        let before = snapshot();
+        let k_fan: Vec<Context> = (0..N)
+            .map(|_| {
+                let (kid, handle) = k_root.child();
+                drop(handle.disarm());
+                kid
+            })
+            .collect();
+        let k_derive = snapshot().allocs - before.allocs - 1; // minus the Vec
+        let before = snapshot();
+        let t_fan: Vec<CancellationToken> = (0..N).map(|_| t_root.child_token()).collect();
+        let t_derive = snapshot().allocs - before.allocs - 1;
+        let k_wait = per_waiter(&k_fan, |ctx| ctx.cancelled()).allocs;
+        let t_wait = per_waiter(&t_fan, |t| t.cancelled()).allocs;
+        rows.push(row(
+            "fan-out setup: child + one waiter on it (allocs per child)",
+            num(k_derive as f64 / N as f64 + k_wait),
+            num(t_derive as f64 / N as f64 + t_wait),
+        ));
+        k_root_cancel.cancel();
+        t_root.cancel();
+        assert!(k_fan.iter().all(|kid| kid.is_cancelled()));
+        assert!(t_fan.iter().all(CancellationToken::is_cancelled));
+    }
+    drop(k_root);
+    drop(k_kids);
+
+    println!("| heap, averaged over {N} operations | kontext | tokio-util |");
+    println!("|---|---|---|");
+    for Row(m, k, t) in rows {
+        println!("| {m} | {k} | {t} |");
+    }
 }

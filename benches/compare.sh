@@ -1,0 +1,317 @@
+#!/usr/bin/env bash
+# Runs Go's context baseline and kontext's criterion benches (beside tokio-util's
+# CancellationToken) back to back, prints one table (scenario, kontext, tokio-util, Go,
+# kontext/tokio-util, kontext/Go) and writes it, with the machine, versions and the
+# targets of the benches issue, to benches/RESULTS.md.
+#
+#   benches/compare.sh            # full run: R=3 rounds of Go then Rust (about 15 min on 2 cores)
+#   QUICK=1 benches/compare.sh    # smoke test of the script (about 2 min); numbers are not results
+#
+# Environment:
+#   R                      rounds (default 3; QUICK: 1); each round runs the Go scenarios
+#                          (GO_COUNT samples) and then every Rust bench once; the table
+#                          shows the median over rounds (Go: over all its samples)
+#   KONTEXT_BENCH_THREADS  P of the contended rows and workers of the fan-out-with-waiters
+#                          rows; Go gets GOMAXPROCS=P (default: the number of cores)
+#   GO_COUNT, GO_BENCHTIME Go samples per round and -benchtime (default 2, 200ms; QUICK: 1, 20ms)
+#   GO_BASELINE            the Go scripts (default: ../shared/go-baseline beside the repo)
+#   SKIP_GO=1              Rust only (the Go column stays empty)
+#   OUT                    where the report goes (default benches/RESULTS.md; QUICK:
+#                          $CARGO_TARGET_DIR/compare/RESULTS-quick.md, so a smoke test never
+#                          overwrites the real one)
+#   CARGO_TARGET_DIR       as cargo's (default: the workspace's target/); the raw results
+#                          stay in $CARGO_TARGET_DIR/compare/
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+cd "$repo"
+
+quick="${QUICK:-}"
+[ "$quick" = 0 ] && quick=""
+threads="${KONTEXT_BENCH_THREADS:-$(nproc)}"
+export KONTEXT_BENCH_THREADS="$threads"
+if [ -n "$quick" ]; then
+  export KONTEXT_BENCH_QUICK=1
+  rounds="${R:-1}"; go_count="${GO_COUNT:-1}"; go_benchtime="${GO_BENCHTIME:-20ms}"
+else
+  unset KONTEXT_BENCH_QUICK
+  rounds="${R:-3}"; go_count="${GO_COUNT:-2}"; go_benchtime="${GO_BENCHTIME:-200ms}"
+fi
+go_baseline="${GO_BASELINE:-$repo/../shared/go-baseline}"
+target="${CARGO_TARGET_DIR:-$repo/target}"
+work="$target/compare"
+if [ -n "$quick" ]; then out="${OUT:-$work/RESULTS-quick.md}"; else out="${OUT:-$here/RESULTS.md}"; fi
+python="$(command -v python3)" || { echo "compare.sh: python3 is needed" >&2; exit 1; }
+
+log() { printf '\n==> %s\n' "$*" >&2; }
+rm -rf "$work"
+mkdir -p "$work/rust" "$work/go"
+started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+t0=$(date +%s)
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- Go toolchain (once; idempotent)
+go=""
+if [ -z "${SKIP_GO:-}" ]; then
+  log "Go toolchain ($go_baseline/install.sh)"
+  go="$("$go_baseline/install.sh")"
+  go_env="${GO_BASELINE_HOME:-$HOME/.cache/kontext-go}/env.sh"
+fi
+
+# --- Rust build (once)
+log "building the benches (cargo bench -p kontext-benches --no-run)"
+cargo bench -p kontext-benches --no-run >&2
+rust_benches=(--bench child_create_cancel --bench lookup --bench fanout --bench fanout_wake)
+
+for r in $(seq 1 "$rounds"); do
+  if [ -n "$go" ]; then
+    log "round $r/$rounds: Go (GOMAXPROCS=$threads COUNT=$go_count BENCHTIME=$go_benchtime)"
+    GOMAXPROCS="$threads" COUNT="$go_count" BENCHTIME="$go_benchtime" SUITES=fanout \
+      OUT="$work/go/round-$r.txt" "$go_baseline/run.sh" >&2
+  fi
+  log "round $r/$rounds: Rust (KONTEXT_BENCH_THREADS=$threads)"
+  CRITERION_HOME="$work/rust/round-$r" \
+    cargo bench -p kontext-benches "${rust_benches[@]}" -- --noplot >&2
+done
+
+log "memory (counting allocator)"
+cargo bench -p kontext-benches --bench memory 2>/dev/null | grep '^|' >"$work/memory.md"
+if [ -n "$go" ]; then
+  # shellcheck disable=SC1090
+  (source "$go_env" && cd "$go_baseline/fanout" && go test -count=1 -v -run TestAllocsActual .) \
+    2>&1 | sed -n 's/^.*allocs_test.go:[0-9]*: allocs //p' >"$work/go-allocs.txt" || true
+fi
+
+# --- versions and machine
+rustc_v="$(rustc -V)"
+go_v="$([ -n "$go" ] && "$go" version 2>/dev/null || echo "not run (SKIP_GO)")"
+cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+commit="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
+core_dirty="$(git -C "$repo" status --porcelain -- core adapters 2>/dev/null | wc -l)"
+minutes=$(( ($(date +%s) - t0 + 59) / 60 ))
+
+M_STARTED="$started" M_MINUTES="$minutes" M_ROUNDS="$rounds" M_QUICK="$quick" \
+M_CORES="$(nproc)" M_CPU="$cpu" M_LOAD="$load_before" M_RUSTC="$rustc_v" M_GO="$go_v" \
+M_COMMIT="$commit" M_CORE_DIRTY="$core_dirty" M_GO_COUNT="$go_count" \
+M_GO_BENCHTIME="$go_benchtime" M_THREADS="$threads" \
+  "$python" - "$work" "$out" "$repo/Cargo.lock" <<'PY'
+import glob, json, os, re, statistics, sys
+
+work, out, lock = sys.argv[1], sys.argv[2], sys.argv[3]
+env = os.environ
+threads = int(env["M_THREADS"])
+meta = {
+    "started": env["M_STARTED"], "minutes": env["M_MINUTES"], "rounds": int(env["M_ROUNDS"]),
+    "quick": bool(env["M_QUICK"]), "cores": env["M_CORES"], "cpu": env["M_CPU"],
+    "load": env["M_LOAD"], "rustc": env["M_RUSTC"], "go": env["M_GO"], "commit": env["M_COMMIT"],
+    "core_dirty": int(env["M_CORE_DIRTY"]), "go_count": env["M_GO_COUNT"],
+    "go_benchtime": env["M_GO_BENCHTIME"],
+}
+versions = dict(re.findall(r'\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]+)"', open(lock).read()))
+
+# ---- Rust: criterion's JSON, one directory per round
+rust = {}  # (scenario, system) -> [value per round]
+units = {}
+for bj in glob.glob(os.path.join(work, "rust", "round-*", "**", "new", "benchmark.json"), recursive=True):
+    b = json.load(open(bj))
+    est = json.load(open(os.path.join(os.path.dirname(bj), "estimates.json")))
+    ns = est["median"]["point_estimate"]
+    thr = b.get("throughput") or {}
+    scenario = "%s/%s" % (b["group_id"], b["value_str"])
+    if "Elements" in thr:
+        ns /= thr["Elements"]
+        units[scenario] = "ns/child"
+    else:
+        units.setdefault(scenario, "ns/op")
+    rust.setdefault((scenario, b["function_id"]), []).append(ns)
+
+# ---- Go: the raw `go test -bench` lines of every round
+per_child = ("FanoutCancel", "FanoutCancelObserved", "FanoutWake")
+suffix = re.compile(r"-%d$" % threads) if threads > 1 else None
+go = {}
+for f in sorted(glob.glob(os.path.join(work, "go", "round-*.txt"))):
+    for line in open(f):
+        m = re.match(r"^Benchmark(\S+)\s+\d+\s+(.*)$", line)
+        if not m:
+            continue
+        name = suffix.sub("", m.group(1)) if suffix else m.group(1)
+        vals = {u: float(v) for v, u in re.findall(r"([\d.]+) (\S+)", m.group(2))}
+        top, _, rest = name.partition("/")
+        scenario = re.sub(r"(?<!^)(?=[A-Z])", "_", top).lower() + ("/" + rest if rest else "")
+        v = vals.get("ns/child") if top in per_child else vals.get("ns/op")
+        if v is not None:
+            go.setdefault(scenario, []).append(v)
+
+def go_for(scenario):
+    # The smol fan-out compares with the same Go scenario as tokio's.
+    s = scenario.replace("fanout_wake_smol/", "fanout_wake/")
+    return statistics.median(go[s]) if s in go else None
+
+def med(scenario, system):
+    v = rust.get((scenario, system))
+    return statistics.median(v) if v else None
+
+order = ["child_create_cancel", "child_create_drop", "deadline_child", "after_func",
+         "is_cancelled", "value_lookup", "fanout_cancel", "fanout_cancel_observed",
+         "fanout_wake", "fanout_wake_smol", "deep_chain"]
+def key(s):
+    group, _, case = s.partition("/")
+    g = order.index(group) if group in order else len(order)
+    natural = re.sub(r"\d+", lambda m: m.group(0).rjust(8, "0"), case)
+    return (g, "contended" in case or "drop" in case, "root_first" in case, natural)
+scenarios = sorted({s for s, _ in rust} | set(go), key=key)
+
+def fmt(x):
+    if x is None:
+        return "—"
+    if x >= 1000:
+        return "{:,.0f}".format(x)
+    if x >= 100:
+        return "%.0f" % x
+    if x >= 10:
+        return "%.1f" % x
+    return "%.2f" % x
+
+def ratio(a, b):
+    return "%.2f" % (a / b) if a is not None and b is not None else "—"
+
+head = ["scenario", "unit", "kontext", "tokio-util", "Go", "kontext/tokio-util", "kontext/Go"]
+rows = []
+for s in scenarios:
+    k, t, g = med(s, "kontext"), med(s, "tokio-util"), go_for(s)
+    rows.append([s, units.get(s, "ns/child" if s.split("/")[0] in
+                 ("fanout_cancel", "fanout_cancel_observed", "fanout_wake") else "ns/op"),
+                 fmt(k), fmt(t), fmt(g), ratio(k, t), ratio(k, g)])
+
+def md_table(head, rows):
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+def text_table(head, rows):
+    w = [max(len(str(r[i])) for r in [head] + rows) for i in range(len(head))]
+    return "\n".join("  ".join(str(c).ljust(w[i]) if i == 0 else str(c).rjust(w[i])
+                               for i, c in enumerate(r)) for r in [head] + rows)
+
+# ---- memory table (from the memory bench)
+mem_rows = []
+mem_path = os.path.join(work, "memory.md")
+mem_text = open(mem_path).read().strip() if os.path.exists(mem_path) else ""
+for line in mem_text.splitlines()[2:]:
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 3:
+        mem_rows.append(cells)
+mem = {r[0]: r for r in mem_rows}
+go_allocs_path = os.path.join(work, "go-allocs.txt")
+go_allocs = open(go_allocs_path).read().strip() if os.path.exists(go_allocs_path) else ""
+
+# ---- the issue's targets
+P = threads
+def lead_number(cell):
+    m = re.match(r"\s*([\d.]+)", cell or "")
+    return float(m.group(1)) if m else None
+targets = []
+def target(name, ok, figures):
+    state = "—" if ok is None else ("met" if ok else "**missed**")
+    targets.append([name, figures, state])
+def chk(value, limit):
+    return None if value is None else value <= limit
+
+s = "child_create_cancel/contended_%d" % P
+k, t, g = med(s, "kontext"), med(s, "tokio-util"), go_for(s)
+target("contended create+cancel (P=%d): kontext ≤ 1/3 tokio-util" % P,
+       chk(k / t if k and t else None, 1 / 3), "%s vs %s ns/op: %s× (target ≤ 0.33)" % (fmt(k), fmt(t), ratio(k, t)))
+target("contended create+cancel (P=%d): kontext ≤ 1/2 Go" % P,
+       chk(k / g if k and g else None, 1 / 2), "%s vs %s ns/op: %s× (target ≤ 0.50)" % (fmt(k), fmt(g), ratio(k, g)))
+ic = [med("is_cancelled/depth_%d" % d, "kontext") for d in (1, 10, 100)]
+target("is_cancelled ≤ 1.5 ns, flat in depth",
+       None if None in ic else max(ic) <= 1.5,
+       "depth 1 / 10 / 100: %s ns" % " / ".join(fmt(x) for x in ic))
+v1, v1000 = med("value_lookup/depth_1", "kontext"), med("value_lookup/depth_1000", "kontext")
+target("value lookup at depth 1000 (one value node) flat",
+       None if not (v1 and v1000) else v1000 <= 1.25 * v1,
+       "depth 1: %s ns, depth 1000: %s ns (%s×; flat = within 25 %%)" % (fmt(v1), fmt(v1000), ratio(v1000, v1)))
+for grp, limit, what in (("fanout_cancel", 0.5, "without waiters"),
+                         ("fanout_wake", 0.7, "with waiting tasks (tokio)"),
+                         ("fanout_wake_smol", 0.7, "with waiting tasks (smol)")):
+    rs = []
+    for n in (100, 1000, 10000):
+        k, t = med("%s/%d" % (grp, n), "kontext"), med("%s/%d" % (grp, n), "tokio-util")
+        rs.append((n, k, t))
+    ok = None if any(k is None or t is None for _, k, t in rs) else all(k / t <= limit for _, k, t in rs)
+    target("fan-out per child %s ≤ %.1f× tokio-util" % (what, limit), ok,
+           ", ".join("N=%d: %s×" % (n, ratio(k, t)) for n, k, t in rs))
+k, t = med("deep_chain/1000", "kontext"), med("deep_chain/1000", "tokio-util")
+target("1000-deep chain cancel ≤ 1/3 tokio-util", chk(k / t if k and t else None, 1 / 3),
+       "%s vs %s ns: %s× (target ≤ 0.33)" % (fmt(k), fmt(t), ratio(k, t)))
+k, g = med("deadline_child/create_cancel", "kontext"), go_for("deadline_child/create_cancel")
+target("deadline child create+cancel ≤ 1/4 Go", chk(k / g if k and g else None, 0.25),
+       "%s vs %s ns/op: %s× (target ≤ 0.25)" % (fmt(k), fmt(g), ratio(k, g)))
+derive = [lead_number(mem.get(m, [None, None])[1]) for m in
+          ("child + cancel + drop", "deadline child (+1 h) + cancel + drop", "value child (u64) + drop")]
+target("one allocation per derived context", None if None in derive else all(x == 1 for x in derive),
+       "child / deadline child / value child: %s allocs" % " / ".join(fmt(x) for x in derive))
+waiter = [lead_number(mem.get(m, [None, None])[1]) for m in
+          ("first waiter on a fresh child (per waiter)",
+           "another waiter on a child already waited on (per waiter)",
+           "N waiters on one context (per waiter)")]
+target("zero allocations per waiter", None if None in waiter else all(x == 0 for x in waiter),
+       "first waiter on a context / another / N on one: %s allocs" % " / ".join(fmt(x) for x in waiter))
+node = lead_number(mem.get("node: cancel", [None, None])[1])
+live = lead_number(mem.get("N children alive: live bytes per child (incl. parent's table)", [None, None])[1])
+target("≤ 64 bytes per cancel-only node", chk(node, 64),
+       "node %s B; live heap per child incl. the parent's slot table %s B" % (fmt(node), fmt(live)))
+
+main_md = md_table(head, rows)
+targets_md = md_table(["target (issue 7)", "figures (medians, this run)", ""], targets)
+
+print(text_table(head, rows))
+print()
+print(text_table(["target", "figures", ""], [[a, b, c.replace("*", "")] for a, b, c in targets]))
+
+with open(out, "w") as f:
+    w = lambda s="": f.write(s + "\n")
+    w("# kontext benchmark results")
+    w()
+    w("Generated by `benches/compare.sh`%s; do not edit by hand." % (" (QUICK=1: a smoke test, not a result)" if meta["quick"] else ""))
+    w()
+    w("- date: %s (UTC), %s min" % (meta["started"], meta["minutes"]))
+    w("- machine: %s cores, %s; load average at start %s" % (meta["cores"], meta["cpu"], meta["load"]))
+    w("- threads: P = %d (contended rows, tokio/smol workers of fanout_wake, Go's GOMAXPROCS)" % P)
+    w("- versions: %s; %s; kontext %s (git %s%s); tokio-util %s; tokio %s; smol %s; criterion %s" % (
+        meta["rustc"], meta["go"], versions.get("kontext", "?"), meta["commit"],
+        ", core/adapters with %d uncommitted files" % meta["core_dirty"] if meta["core_dirty"] else "",
+        versions.get("tokio-util", "?"), versions.get("tokio", "?"), versions.get("smol", "?"),
+        versions.get("criterion", "?")))
+    w("- repeats: %d rounds, each Go (%s samples × %s) then every Rust bench once; Rust: the median "
+      "over rounds of criterion's median; Go: the median of all its samples" % (meta["rounds"], meta["go_count"], meta["go_benchtime"]))
+    w()
+    w("Units: ns/op is the time of one operation; for `contended_P` rows, wall time per operation "
+      "across all P threads (inverse throughput, Go's RunParallel unit). Fan-out rows are per child "
+      "(time of the whole cancel / N). Only the cancel (or drop) is timed in the fan-out and chain "
+      "rows; the tree is built untimed, as Go's `b.StopTimer` setup. `fanout_wake_smol` compares "
+      "with Go's `fanout_wake`. A — means the system has no such feature (tokio-util: no deadlines, "
+      "values or callbacks; Go: no uncancelled child drop, no chain drop). The machine is shared and "
+      "noisy (2 vCPUs): compare ratios, not absolute figures across runs.")
+    w()
+    w(main_md)
+    w()
+    w("## Targets")
+    w()
+    w(targets_md)
+    w()
+    w("## Memory")
+    w()
+    w("From `cargo bench -p kontext-benches --bench memory` (a counting global allocator).")
+    w()
+    w(mem_text or "(not run)")
+    if go_allocs:
+        w()
+        w("Go, `TestAllocsActual` (`testing.AllocsPerRun`, in `../shared/go-baseline/fanout`):")
+        w()
+        w("```text")
+        w(go_allocs)
+        w("```")
+print("\nwritten to %s" % out, file=sys.stderr)
+PY
