@@ -438,12 +438,20 @@ async fn fan_out_on_a_multi_thread_runtime() {
         .collect();
     started.wait().await;
     h.cancel();
+    // A task being polled on the other worker while the cancel walk runs may see the
+    // cancel inside `run` first and finish normally; otherwise its binding drops it.
+    let mut finished_normally = 0;
     for t in tasks {
-        assert!(t.await.unwrap_err().is_cancelled());
+        match t.await {
+            Ok(()) => finished_normally += 1,
+            Err(e) => assert!(e.is_cancelled(), "{e:?}"),
+        }
     }
     kontext_tokio::drain(&tracker, None).await.unwrap();
     assert!(tracker.is_empty());
-    assert!(saw_cancel.load(SeqCst) <= 100);
+    let saw = saw_cancel.load(SeqCst);
+    // `run(pending)` returns only at the cancel: a task that finished saw it there.
+    assert!(finished_normally <= saw && saw <= 100, "{finished_normally} {saw}");
 }
 
 #[tokio::test(start_paused = true)]
