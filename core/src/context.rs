@@ -52,7 +52,34 @@ use core::time::Duration;
 /// assert!(!root.is_cancelled());
 /// ```
 pub struct Context {
-    /// `None`: the background root. Otherwise one handle on a node (`tree` invariant 1).
+    /// Owns one handle on `ctx.node` (`tree` invariant 1), or is the background root.
+    ctx: Ctx,
+}
+
+/// A borrowed context: what every context can do without owning it. `&Ctx` is to
+/// [`Context`] what `&str` is to `String`.
+///
+/// A `&Context` turns into a `&Ctx` by itself (`Context: Deref<Target = Ctx>`), so every
+/// method here is a method of `Context` too. Functions that only *observe* a context
+/// (check it, wait on it, read its values and deadline) can take `&Ctx`: they then accept
+/// every kind of context, including the ones embedded targets keep in `static` or pinned
+/// storage. Functions that *derive* children or keep a clone take `&Context`.
+///
+/// ```
+/// use kontext::{Context, Ctx};
+///
+/// fn still_wanted(ctx: &Ctx) -> bool {
+///     !ctx.is_cancelled()
+/// }
+///
+/// let (req, cancel) = Context::background().child();
+/// assert!(still_wanted(&req));
+/// cancel.cancel();
+/// assert!(!still_wanted(&req));
+/// ```
+#[repr(transparent)]
+pub struct Ctx {
+    /// `None`: the background root. Otherwise a node kept alive by whoever lent us out.
     #[cfg(feature = "alloc")]
     node: Option<NonNull<Header>>,
     #[cfg(not(feature = "alloc"))]
@@ -64,6 +91,30 @@ pub struct Context {
 unsafe impl Send for Context {}
 // SAFETY: as above: every `&self` method is thread-safe.
 unsafe impl Sync for Context {}
+// SAFETY: as for `Context`; a `Ctx` is only ever seen behind a reference.
+unsafe impl Send for Ctx {}
+// SAFETY: as above.
+unsafe impl Sync for Ctx {}
+
+impl core::ops::Deref for Context {
+    type Target = Ctx;
+    #[inline]
+    fn deref(&self) -> &Ctx {
+        &self.ctx
+    }
+}
+
+impl AsRef<Ctx> for Context {
+    fn as_ref(&self) -> &Ctx {
+        &self.ctx
+    }
+}
+
+impl core::borrow::Borrow<Ctx> for Context {
+    fn borrow(&self) -> &Ctx {
+        &self.ctx
+    }
+}
 
 impl Context {
     /// The root of every tree (Go's `context.Background()`): never cancelled, no deadline,
@@ -71,9 +122,81 @@ impl Context {
     #[doc(alias = "Background")]
     #[doc(alias = "TODO")]
     pub const fn background() -> Context {
-        Context { node: None }
+        Context {
+            ctx: Ctx { node: None },
+        }
     }
 
+    /// Whether the context is done ([`Ctx::is_cancelled`]).
+    #[inline]
+    pub fn is_cancelled(&self) -> bool {
+        self.ctx.is_cancelled()
+    }
+
+    /// `None` while live, then why it is done ([`Ctx::err`], Go's `ctx.Err()`).
+    #[inline]
+    pub fn err(&self) -> Option<Error> {
+        self.ctx.err()
+    }
+}
+
+/// The observers of [`Ctx`], also as inherent methods of `Context` (so that paths such
+/// as `Context::value` and Go-style lookups in these docs find them).
+#[cfg(feature = "alloc")]
+impl Context {
+    /// Why the context is done, with the cause ([`Ctx::cause`], Go's `context.Cause`).
+    #[inline]
+    pub fn cause(&self) -> Option<&Cause> {
+        self.ctx.cause()
+    }
+
+    /// The effective deadline ([`Ctx::deadline`], Go's `ctx.Deadline()`).
+    #[inline]
+    pub fn deadline(&self) -> Option<Instant> {
+        self.ctx.deadline()
+    }
+
+    /// The clock deadlines are measured on ([`Ctx::clock`]).
+    #[inline]
+    pub fn clock(&self) -> Option<&'static dyn Clock> {
+        self.ctx.clock()
+    }
+
+    /// The nearest value of type `T` ([`Ctx::value`], Go's `ctx.Value(key)`).
+    #[inline]
+    pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
+        self.ctx.value::<T>()
+    }
+
+    /// A future that completes when the context is done ([`Ctx::cancelled`], Go's
+    /// `<-ctx.Done()`).
+    #[inline]
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        self.ctx.cancelled()
+    }
+
+    /// Runs `future` until it completes or the context is done
+    /// ([`Ctx::run_until_cancelled`]).
+    #[inline]
+    pub fn run_until_cancelled<F: core::future::Future>(
+        &self,
+        future: F,
+    ) -> RunUntilCancelled<'_, F> {
+        self.ctx.run_until_cancelled(future)
+    }
+
+    /// Yields `stream`'s items until the context is done
+    /// ([`Ctx::stream_until_cancelled`]).
+    #[inline]
+    pub fn stream_until_cancelled<S: futures_core::Stream>(
+        &self,
+        stream: S,
+    ) -> StreamUntilCancelled<'_, S> {
+        self.ctx.stream_until_cancelled(stream)
+    }
+}
+
+impl Ctx {
     /// Whether the context is done: cancelled, an ancestor cancelled, or past its deadline.
     ///
     /// One atomic load without a deadline; that load plus one clock read with one. Seeing
@@ -102,21 +225,11 @@ impl Context {
 }
 
 #[cfg(feature = "alloc")]
-impl Context {
+impl Ctx {
     pub(crate) fn header(&self) -> Option<&Header> {
-        // SAFETY: we own a handle, which keeps the node alive (`tree` invariant 1).
+        // SAFETY: whoever lent us out keeps the node alive (a `Context`'s handle, `tree`
+        // invariant 1).
         self.node.map(|p| unsafe { &*p.as_ptr() })
-    }
-
-    fn from_node(p: NonNull<Header>) -> Context {
-        Context { node: Some(p) }
-    }
-
-    /// A root like [`background`](Context::background) whose descendants measure their
-    /// deadlines on `clock`. Runtime adapters build their roots this way; tests use a
-    /// [`ManualClock`](crate::ManualClock).
-    pub fn with_clock(clock: &'static dyn Clock) -> Context {
-        Context::from_node(tree::new_clock(None, Some(clock)))
     }
 
     /// Why the context is done, with the cause given to the first cancel (Go's
@@ -147,6 +260,44 @@ impl Context {
     #[doc(alias = "Value")]
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.header().and_then(Header::value::<T>)
+    }
+
+    /// A future that completes when the context is done (Go's `<-ctx.Done()`).
+    #[doc(alias = "Done")]
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled::new(self)
+    }
+
+    /// Runs `future` until it completes (`Ok`) or the context is done (`Err(reason)`).
+    pub fn run_until_cancelled<F: core::future::Future>(
+        &self,
+        future: F,
+    ) -> RunUntilCancelled<'_, F> {
+        RunUntilCancelled::new(self, future)
+    }
+
+    /// Yields `stream`'s items as `Ok` until the context is done, then `Err(reason)` once.
+    pub fn stream_until_cancelled<S: futures_core::Stream>(
+        &self,
+        stream: S,
+    ) -> StreamUntilCancelled<'_, S> {
+        StreamUntilCancelled::new(self, stream)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Context {
+    fn from_node(p: NonNull<Header>) -> Context {
+        Context {
+            ctx: Ctx { node: Some(p) },
+        }
+    }
+
+    /// A root like [`background`](Context::background) whose descendants measure their
+    /// deadlines on `clock`. Runtime adapters build their roots this way; tests use a
+    /// [`ManualClock`](crate::ManualClock).
+    pub fn with_clock(clock: &'static dyn Clock) -> Context {
+        Context::from_node(tree::new_clock(None, Some(clock)))
     }
 
     /// A cancellable child (Go's `context.WithCancel`).
@@ -270,31 +421,9 @@ impl Context {
         }
     }
 
-    /// A future that completes when the context is done (Go's `<-ctx.Done()`).
-    #[doc(alias = "Done")]
-    pub fn cancelled(&self) -> Cancelled<'_> {
-        Cancelled::new(self)
-    }
-
-    /// Like [`cancelled`](Context::cancelled), owning a clone of the context (`'static`).
+    /// Like [`cancelled`](Ctx::cancelled), owning a clone of the context (`'static`).
     pub fn cancelled_owned(&self) -> CancelledOwned {
         CancelledOwned::new(self.clone())
-    }
-
-    /// Runs `future` until it completes (`Ok`) or the context is done (`Err(reason)`).
-    pub fn run_until_cancelled<F: core::future::Future>(
-        &self,
-        future: F,
-    ) -> RunUntilCancelled<'_, F> {
-        RunUntilCancelled::new(self, future)
-    }
-
-    /// Yields `stream`'s items as `Ok` until the context is done, then `Err(reason)` once.
-    pub fn stream_until_cancelled<S: futures_core::Stream>(
-        &self,
-        stream: S,
-    ) -> StreamUntilCancelled<'_, S> {
-        StreamUntilCancelled::new(self, stream)
     }
 }
 
@@ -312,14 +441,18 @@ impl Clone for Context {
         if let Some(h) = self.header() {
             tree::acquire_handle(h.link());
         }
-        Context { node: self.node }
+        Context {
+            ctx: Ctx {
+                node: self.ctx.node,
+            },
+        }
     }
 }
 
 impl Drop for Context {
     fn drop(&mut self) {
         #[cfg(feature = "alloc")]
-        if let Some(p) = self.node {
+        if let Some(p) = self.ctx.node {
             // SAFETY: we own one handle.
             unsafe { tree::release_handle(p.cast::<Link>()) };
         }
@@ -335,7 +468,19 @@ impl Default for Context {
 
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("Context");
+        self.ctx.fmt_as("Context", f)
+    }
+}
+
+impl fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_as("Ctx", f)
+    }
+}
+
+impl Ctx {
+    fn fmt_as(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct(name);
         #[cfg(feature = "alloc")]
         match self.header() {
             None => {

@@ -19,9 +19,9 @@ mod tree;
 #[cfg(feature = "alloc")]
 mod wait;
 
-pub use crate::context::Context;
 #[cfg(feature = "alloc")]
 pub use crate::context::{CancelHandle, OnCancel};
+pub use crate::context::{Context, Ctx};
 pub use crate::error::{Cause, Error};
 #[cfg(any(loom, target_has_atomic = "64"))]
 pub use crate::time::ManualClock;

@@ -24,7 +24,7 @@ use core::task::{self, Poll, Waker};
 use futures_core::Stream;
 use pin_project_lite::pin_project;
 
-use crate::context::Context;
+use crate::context::{Context, Ctx};
 use crate::error::Error;
 use crate::sync::UnsafeCell;
 use crate::tree::Side;
@@ -179,7 +179,7 @@ impl Waiter {
 
     /// # Safety
     /// `self` is pinned, and `ctx` is the context this waiter always waits on.
-    unsafe fn poll_wait(&mut self, ctx: &Context, cx: &mut task::Context<'_>) -> Poll<()> {
+    unsafe fn poll_wait(&mut self, ctx: &Ctx, cx: &mut task::Context<'_>) -> Poll<()> {
         let Some(h) = ctx.header() else {
             return Poll::Pending; // background: never done
         };
@@ -248,7 +248,7 @@ impl Drop for Waiter {
     }
 }
 
-/// Completes when a context is done (Go's `<-ctx.Done()`). From [`Context::cancelled`].
+/// Completes when a context is done (Go's `<-ctx.Done()`). From [`Ctx::cancelled`].
 ///
 /// A waiter allocates nothing of its own: it links a node pinned inside this future into
 /// the context's wait list (created on the first wait). Cancel wakes every waiter exactly
@@ -257,12 +257,12 @@ impl Drop for Waiter {
 #[must_use = "futures do nothing unless polled"]
 #[derive(Debug)]
 pub struct Cancelled<'a> {
-    ctx: &'a Context,
+    ctx: &'a Ctx,
     waiter: Waiter,
 }
 
 impl<'a> Cancelled<'a> {
-    pub(crate) fn new(ctx: &'a Context) -> Self {
+    pub(crate) fn new(ctx: &'a Ctx) -> Self {
         Cancelled {
             ctx,
             waiter: Waiter::new(),
@@ -270,7 +270,7 @@ impl<'a> Cancelled<'a> {
     }
 
     /// The context waited on.
-    pub fn context(&self) -> &'a Context {
+    pub fn context(&self) -> &'a Ctx {
         self.ctx
     }
 }
@@ -328,7 +328,7 @@ impl core::fmt::Debug for Waiter {
 
 pin_project! {
     /// Runs a future until it completes or the context is done. From
-    /// [`Context::run_until_cancelled`].
+    /// [`Ctx::run_until_cancelled`].
     ///
     /// Resolves to `Ok(output)`, or `Err(reason)` once the context is done; the inner future
     /// is then no longer polled (drop this future to drop it). Cancellation is checked
@@ -344,7 +344,7 @@ pin_project! {
 }
 
 impl<'a, F> RunUntilCancelled<'a, F> {
-    pub(crate) fn new(ctx: &'a Context, future: F) -> Self {
+    pub(crate) fn new(ctx: &'a Ctx, future: F) -> Self {
         RunUntilCancelled {
             cancelled: Cancelled::new(ctx),
             future,
@@ -366,7 +366,7 @@ impl<F: Future> Future for RunUntilCancelled<'_, F> {
 
 pin_project! {
     /// Yields a stream's items until the context is done, then one `Err(reason)`, then ends.
-    /// From [`Context::stream_until_cancelled`].
+    /// From [`Ctx::stream_until_cancelled`].
     #[must_use = "streams do nothing unless polled"]
     #[derive(Debug)]
     pub struct StreamUntilCancelled<'a, S> {
@@ -379,7 +379,7 @@ pin_project! {
 }
 
 impl<'a, S> StreamUntilCancelled<'a, S> {
-    pub(crate) fn new(ctx: &'a Context, stream: S) -> Self {
+    pub(crate) fn new(ctx: &'a Ctx, stream: S) -> Self {
         StreamUntilCancelled {
             cancelled: Cancelled::new(ctx),
             stream,

@@ -249,3 +249,22 @@ fn debug_output_reports_state() {
     assert!(format!("{h:?}").contains("cancelled: true"));
     assert!(format!("{:?}", Context::background()).contains("background"));
 }
+
+/// `&Ctx` is the borrowed form of every context: functions that only observe take it, and
+/// a `&Context` coerces to it.
+#[test]
+fn a_borrowed_ctx_observes_like_its_context() {
+    use kontext::Ctx;
+    fn observe(ctx: &Ctx) -> (bool, Option<Error>, Option<u8>) {
+        (ctx.is_cancelled(), ctx.err(), ctx.value::<u8>().copied())
+    }
+    let (ctx, h) = Context::background().child();
+    let ctx = ctx.with_value(7u8);
+    assert_eq!(observe(&ctx), (false, None, Some(7)));
+    h.cancel();
+    assert_eq!(observe(&ctx), (true, Some(Error::Cancelled), Some(7)));
+    let borrowed: &Ctx = &ctx;
+    assert!(borrowed.cause().is_some());
+    assert_eq!(observe(&Context::background()), (false, None, None));
+    assert!(format!("{borrowed:?}").starts_with("Ctx"));
+}

@@ -451,7 +451,10 @@ async fn fan_out_on_a_multi_thread_runtime() {
     assert!(tracker.is_empty());
     let saw = saw_cancel.load(SeqCst);
     // `run(pending)` returns only at the cancel: a task that finished saw it there.
-    assert!(finished_normally <= saw && saw <= 100, "{finished_normally} {saw}");
+    assert!(
+        finished_normally <= saw && saw <= 100,
+        "{finished_normally} {saw}"
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -15,12 +15,12 @@ use pin_project_lite::pin_project;
 use super::Timer;
 use crate::time::Instant;
 use crate::wait::{Cancelled, CancelledOwned};
-use crate::{Context, Error};
+use crate::{Context, Ctx, Error};
 
 /// After the context's own wait said "pending": drives the deadline timer. `Ready` means
 /// the context is now done.
 fn poll_deadline<T: Timer>(
-    ctx: &Context,
+    ctx: &Ctx,
     timer: &T,
     mut sleep: Pin<&mut Option<T::Sleep>>,
     cx: &mut task::Context<'_>,
@@ -78,7 +78,7 @@ pin_project! {
 
 impl<'a, T: Timer> Done<'a, T> {
     /// Waits for `ctx`, using `timer` for its deadline.
-    pub fn new(ctx: &'a Context, timer: T) -> Self {
+    pub fn new(ctx: &'a Ctx, timer: T) -> Self {
         Done {
             cancelled: ctx.cancelled(),
             sleep: None,
@@ -173,7 +173,7 @@ pin_project! {
 
 impl<'a, T: Timer, F: Future> Run<'a, T, F> {
     /// Runs `future` under `ctx`, using `timer` for its deadline.
-    pub fn new(ctx: &'a Context, timer: T, future: F) -> Self {
+    pub fn new(ctx: &'a Ctx, timer: T, future: F) -> Self {
         Run {
             done: Done::new(ctx, timer),
             future,
