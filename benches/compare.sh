@@ -154,7 +154,7 @@ def med(scenario, system):
 
 order = ["child_create_cancel", "child_create_drop", "deadline_child", "after_func",
          "is_cancelled", "value_lookup", "fanout_cancel", "fanout_cancel_observed",
-         "fanout_wake", "fanout_wake_smol", "deep_chain"]
+         "fanout_wake", "fanout_wake_smol", "fanout_wake_cancel_only", "deep_chain"]
 def key(s):
     group, _, case = s.partition("/")
     g = order.index(group) if group in order else len(order)
@@ -291,7 +291,8 @@ with open(out, "w") as f:
       "across all P threads (inverse throughput, Go's RunParallel unit). Fan-out rows are per child "
       "(time of the whole cancel / N). Only the cancel (or drop) is timed in the fan-out and chain "
       "rows; the tree is built untimed, as Go's `b.StopTimer` setup. `fanout_wake_smol` compares "
-      "with Go's `fanout_wake`. A — means the system has no such feature (tokio-util: no deadlines, "
+      "with Go's `fanout_wake`; `fanout_wake_cancel_only` times only the `cancel()` call of "
+      "tokio's `fanout_wake` (the walk and the N wakes, not running the woken tasks). A — means the system has no such feature (tokio-util: no deadlines, "
       "values or callbacks; Go: no uncancelled child drop, no chain drop). The machine is shared and "
       "noisy (2 vCPUs): compare ratios, not absolute figures across runs.")
     w()

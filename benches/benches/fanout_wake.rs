@@ -13,6 +13,10 @@
 //! root; the last task to wake records the end. So the timed region is the cancel walk plus
 //! waking and running all N tasks on the runtime's workers, as Go's includes scheduling
 //! goroutines. Criterion's throughput is N elements, so `compare.sh` prints ns/child.
+//!
+//! `fanout_wake_cancel_only/N` (tokio, no Go row) times only the `cancel()` call of the
+//! same scenario: the walk and the N wakes (handing each task to the scheduler), not
+//! running the tasks, so the share of the cancellation tree itself can be seen.
 
 use std::future::{poll_fn, Future};
 use std::pin::pin;
@@ -122,33 +126,53 @@ async fn wait_and_count(wait: impl Future<Output = ()>, ready: &Countdown, done:
     done.count_down();
 }
 
+/// What one fan-out wake measures.
+#[derive(Clone, Copy)]
+enum Span {
+    /// From the cancel until the last task has woken and finished (`fanout_wake`).
+    AllWoken,
+    /// The `cancel()` call alone: the walk and N wakes, without running the woken tasks
+    /// (`fanout_wake_cancel_only`).
+    CancelCall,
+}
+
 /// One timed fan-out wake: `spawn_waiters` spawns the N waiting tasks, `cancel` runs on the
 /// runtime and cancels the root.
 fn time_wake<R: Runtime>(
     rt: &R,
     n: usize,
+    span: Span,
     spawn_waiters: impl FnOnce(&Arc<Countdown>, &Arc<Countdown>),
     cancel: impl FnOnce() + Send + 'static,
 ) -> Duration {
     let ready = Arc::new(Countdown::new(n));
     let done = Arc::new(Countdown::new(n));
+    let call = Arc::new(Countdown::new(1));
     spawn_waiters(&ready, &done);
     ready.wait();
-    let start = done.clone();
+    let (start, call_done) = (done.clone(), call.clone());
     rt.spawn(async move {
         start.mark_start();
+        call_done.mark_start();
         cancel();
+        call_done.count_down();
     });
-    done.wait()
+    let all = done.wait();
+    let call = call.wait();
+    match span {
+        Span::AllWoken => all,
+        Span::CancelCall => call,
+    }
 }
 
-fn kontext_wake<R: Runtime>(rt: &R, iters: u64, n: usize) -> Duration {
+fn kontext_wake<R: Runtime>(rt: &R, iters: u64, n: usize, span: Span) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let (root, cancel) = Context::background().child();
         total += time_wake(
             rt,
             n,
+            span,
             |ready, done| {
                 for _ in 0..n {
                     let (kid, handle) = root.child();
@@ -169,7 +193,7 @@ fn kontext_wake<R: Runtime>(rt: &R, iters: u64, n: usize) -> Duration {
     total
 }
 
-fn tokio_util_wake<R: Runtime>(rt: &R, iters: u64, n: usize) -> Duration {
+fn tokio_util_wake<R: Runtime>(rt: &R, iters: u64, n: usize, span: Span) -> Duration {
     let mut total = Duration::ZERO;
     for _ in 0..iters {
         let root = CancellationToken::new();
@@ -177,6 +201,7 @@ fn tokio_util_wake<R: Runtime>(rt: &R, iters: u64, n: usize) -> Duration {
         total += time_wake(
             rt,
             n,
+            span,
             |ready, done| {
                 for _ in 0..n {
                     let kid = root.child_token();
@@ -193,27 +218,29 @@ fn tokio_util_wake<R: Runtime>(rt: &R, iters: u64, n: usize) -> Duration {
     total
 }
 
-fn wake_group<R: Runtime>(c: &mut Criterion, name: &str, rt: &R) {
+fn wake_group<R: Runtime>(c: &mut Criterion, name: &str, rt: &R, span: Span) {
     let mut group = c.benchmark_group(name);
     Timing::SETUP_HEAVY.apply(&mut group);
     for n in SIZES {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::new(KONTEXT, n), |b| {
-            b.iter_custom(|iters| kontext_wake(rt, iters, n))
+            b.iter_custom(|iters| kontext_wake(rt, iters, n, span))
         });
         group.bench_function(BenchmarkId::new(TOKIO_UTIL, n), |b| {
-            b.iter_custom(|iters| tokio_util_wake(rt, iters, n))
+            b.iter_custom(|iters| tokio_util_wake(rt, iters, n, span))
         });
     }
     group.finish();
 }
 
 fn fanout_wake(c: &mut Criterion) {
-    wake_group(c, "fanout_wake", &Tokio::new());
+    let tokio = Tokio::new();
+    wake_group(c, "fanout_wake", &tokio, Span::AllWoken);
+    wake_group(c, "fanout_wake_cancel_only", &tokio, Span::CancelCall);
 }
 
 fn fanout_wake_smol(c: &mut Criterion) {
-    wake_group(c, "fanout_wake_smol", &Smol::new());
+    wake_group(c, "fanout_wake_smol", &Smol::new(), Span::AllWoken);
 }
 
 criterion_group! {
