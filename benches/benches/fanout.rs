@@ -6,6 +6,9 @@
 //!   Go: `cancel(root)` with N `WithCancel` children.
 //! - `fanout_cancel_observed/N`: the same, plus every child checked cancelled inside the
 //!   timed region (fair to a design that propagates lazily).
+//! - `fanout_cancel_waiting/N` (no Go row): the same, each child with one registered waiter
+//!   (a `cancelled_owned()` future polled once with a no-op waker): the tree's share of
+//!   `fanout_wake` (walk, wait lists, wakes), without any runtime.
 //! - `deep_chain/1000`: cancel the root of a chain of 1000 children below a root.
 //! - `deep_chain/drop_1000`: release every handle of such a chain, uncancelled, leaf first
 //!   (nested scopes unwinding); `deep_chain/drop_root_first_1000`: root first (the last
@@ -17,7 +20,9 @@
 //! `(Context, CancelHandle)` pair, a tokio-util child as its token: what each system hands
 //! out for one child.
 
+use std::future::Future;
 use std::hint::black_box;
+use std::task::{Context as TaskContext, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -74,6 +79,54 @@ fn tokio_fanout(iters: u64, n: usize, observe: bool) -> Duration {
     total
 }
 
+/// Times `iters` fan-out cancels of a fresh kontext root with `n` children, each with one
+/// registered waiter (polled once with a no-op waker, untimed).
+fn kontext_fanout_waiting(iters: u64, n: usize) -> Duration {
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    let mut total = Duration::ZERO;
+    let mut waits = Vec::with_capacity(n);
+    for _ in 0..iters {
+        let (root, cancel) = Context::background().child();
+        for _ in 0..n {
+            let (kid, handle) = root.child();
+            drop(handle.disarm());
+            let mut wait = Box::pin(kid.cancelled_owned());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            waits.push(wait);
+        }
+        let start = Instant::now();
+        black_box(cancel.cancel());
+        total += start.elapsed();
+        assert!(waits
+            .iter_mut()
+            .all(|w| w.as_mut().poll(&mut cx).is_ready()));
+        waits.clear();
+    }
+    total
+}
+
+fn tokio_fanout_waiting(iters: u64, n: usize) -> Duration {
+    let mut cx = TaskContext::from_waker(Waker::noop());
+    let mut total = Duration::ZERO;
+    let mut waits = Vec::with_capacity(n);
+    for _ in 0..iters {
+        let root = CancellationToken::new();
+        for _ in 0..n {
+            let mut wait = Box::pin(root.child_token().cancelled_owned());
+            assert!(wait.as_mut().poll(&mut cx).is_pending());
+            waits.push(wait);
+        }
+        let start = Instant::now();
+        root.cancel();
+        total += start.elapsed();
+        assert!(waits
+            .iter_mut()
+            .all(|w| w.as_mut().poll(&mut cx).is_ready()));
+        waits.clear();
+    }
+    total
+}
+
 fn fanout_group(c: &mut Criterion, name: &str, observe: bool) {
     let mut group = c.benchmark_group(name);
     Timing::SETUP_HEAVY.apply(&mut group);
@@ -95,6 +148,21 @@ fn fanout_cancel(c: &mut Criterion) {
 
 fn fanout_cancel_observed(c: &mut Criterion) {
     fanout_group(c, "fanout_cancel_observed", true);
+}
+
+fn fanout_cancel_waiting(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout_cancel_waiting");
+    Timing::SETUP_HEAVY.apply(&mut group);
+    for n in SIZES {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new(KONTEXT, n), |b| {
+            b.iter_custom(|iters| kontext_fanout_waiting(iters, n))
+        });
+        group.bench_function(BenchmarkId::new(TOKIO_UTIL, n), |b| {
+            b.iter_custom(|iters| tokio_fanout_waiting(iters, n))
+        });
+    }
+    group.finish();
 }
 
 /// A kontext chain: a root and `CHAIN` children, each below the previous; every level's
@@ -203,6 +271,6 @@ fn deep_chain(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = kontext_benches::config();
-    targets = fanout_cancel, fanout_cancel_observed, deep_chain
+    targets = fanout_cancel, fanout_cancel_observed, fanout_cancel_waiting, deep_chain
 }
 criterion_main!(benches);
