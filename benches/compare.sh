@@ -16,6 +16,7 @@
 #   GO_COUNT, GO_BENCHTIME Go samples per round and -benchtime (default 2, 200ms; QUICK: 1, 20ms)
 #   GO_BASELINE            the Go scripts (default: ../shared/go-baseline beside the repo)
 #   SKIP_GO=1              Rust only (the Go column stays empty)
+#   REPORT_ONLY=1          rerun no benchmark: rewrite the report from the last run's raw results
 #   OUT                    where the report goes (default benches/RESULTS.md; QUICK:
 #                          $CARGO_TARGET_DIR/compare/RESULTS-quick.md, so a smoke test never
 #                          overwrites the real one)
@@ -45,6 +46,7 @@ if [ -n "$quick" ]; then out="${OUT:-$work/RESULTS-quick.md}"; else out="${OUT:-
 python="$(command -v python3)" || { echo "compare.sh: python3 is needed" >&2; exit 1; }
 
 log() { printf '\n==> %s\n' "$*" >&2; }
+if [ -z "${REPORT_ONLY:-}" ]; then
 rm -rf "$work"
 mkdir -p "$work/rust" "$work/go"
 started="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -90,6 +92,13 @@ cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
 commit="$(git -C "$repo" describe --always --dirty 2>/dev/null || echo unknown)"
 core_dirty="$(git -C "$repo" status --porcelain -- core adapters 2>/dev/null | wc -l)"
 minutes=$(( ($(date +%s) - t0 + 59) / 60 ))
+declare -p started minutes rounds quick load_before rustc_v go_v cpu commit core_dirty \
+  go_count go_benchtime threads >"$work/meta.env"
+else
+  # Regenerate the report from the raw results of the last run (same CARGO_TARGET_DIR).
+  # shellcheck disable=SC1091
+  source "$work/meta.env" || { echo "compare.sh: no earlier run in $work" >&2; exit 1; }
+fi
 
 M_STARTED="$started" M_MINUTES="$minutes" M_ROUNDS="$rounds" M_QUICK="$quick" \
 M_CORES="$(nproc)" M_CPU="$cpu" M_LOAD="$load_before" M_RUSTC="$rustc_v" M_GO="$go_v" \
@@ -112,6 +121,7 @@ versions = dict(re.findall(r'\[\[package\]\]\nname = "([^"]+)"\nversion = "([^"]
 
 # ---- Rust: criterion's JSON, one directory per round
 rust = {}  # (scenario, system) -> [value per round]
+by_round = {}  # (scenario, system) -> {round: value}
 units = {}
 for bj in glob.glob(os.path.join(work, "rust", "round-*", "**", "new", "benchmark.json"), recursive=True):
     b = json.load(open(bj))
@@ -125,6 +135,8 @@ for bj in glob.glob(os.path.join(work, "rust", "round-*", "**", "new", "benchmar
     else:
         units.setdefault(scenario, "ns/op")
     rust.setdefault((scenario, b["function_id"]), []).append(ns)
+    rnd = os.path.relpath(bj, os.path.join(work, "rust")).split(os.sep)[0]
+    by_round.setdefault((scenario, b["function_id"]), {})[rnd] = ns
 
 # ---- Go: the raw `go test -bench` lines of every round
 per_child = ("FanoutCancel", "FanoutCancelObserved", "FanoutWake")
@@ -176,13 +188,21 @@ def fmt(x):
 def ratio(a, b):
     return "%.2f" % (a / b) if a is not None and b is not None else "—"
 
-head = ["scenario", "unit", "kontext", "tokio-util", "Go", "kontext/tokio-util", "kontext/Go"]
+def round_ratios(s):
+    k, t = by_round.get((s, "kontext"), {}), by_round.get((s, "tokio-util"), {})
+    rs = [k[r] / t[r] for r in k if r in t]
+    if len(rs) < 2:
+        return "—"
+    return "%.2f–%.2f" % (min(rs), max(rs))
+
+head = ["scenario", "unit", "kontext", "tokio-util", "Go", "kontext/tokio-util", "kontext/Go",
+        "kontext/tokio-util per round"]
 rows = []
 for s in scenarios:
     k, t, g = med(s, "kontext"), med(s, "tokio-util"), go_for(s)
     rows.append([s, units.get(s, "ns/child" if s.split("/")[0] in
                  ("fanout_cancel", "fanout_cancel_observed", "fanout_wake") else "ns/op"),
-                 fmt(k), fmt(t), fmt(g), ratio(k, t), ratio(k, g)])
+                 fmt(k), fmt(t), fmt(g), ratio(k, t), ratio(k, g), round_ratios(s)])
 
 def md_table(head, rows):
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
@@ -296,7 +316,9 @@ with open(out, "w") as f:
       "across all P threads (inverse throughput, Go's RunParallel unit). Fan-out rows are per child "
       "(time of the whole cancel / N). Only the cancel (or drop) is timed in the fan-out and chain "
       "rows; the tree is built untimed, as Go's `b.StopTimer` setup. `fanout_wake_smol` compares "
-      "with Go's `fanout_wake`; `fanout_wake_cancel_only` times only the `cancel()` call of "
+      "with Go's `fanout_wake`. The last column is the range of kontext/tokio-util over the rounds "
+      "(both measured in the same round): how far one run's ratio can be trusted. "
+      "`fanout_wake_cancel_only` times only the `cancel()` call of "
       "tokio's `fanout_wake` (the walk and the N wakes, not running the woken tasks); "
       "`fanout_cancel_waiting` is the tree's own share of a fan-out with waiters: each child has "
       "one registered waiter with a no-op waker, no runtime. A — means the system has no such feature (tokio-util: no deadlines, "
