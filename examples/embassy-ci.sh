@@ -26,6 +26,9 @@ for target in thumbv7em-none-eabihf thumbv6m-none-eabi; do
         llvm-size -A "$elf" | grep -E '^\.(vector_table|text|rodata|data|bss) '
         llvm-size -A "$elf" | grep -qE '^\.vector_table +[1-9]' || { echo "$elf: no vector table" >&2; exit 1; }
     fi
+    if command -v llvm-nm >/dev/null && command -v python3 >/dev/null; then
+        python3 examples/embassy-firmware/size-report.py "$elf"
+    fi
 done
 
 echo "== embassy host example"
