@@ -80,6 +80,13 @@ fn ticks_to_nanos(ticks: u64) -> u64 {
 
 /// Ticks for a duration, rounded up (never wake early), saturating.
 fn duration_to_ticks(d: Duration) -> u64 {
+    // u64 fast path (no 128-bit arithmetic pulled into small firmware): every duration
+    // below ~584 years at common tick rates.
+    if let Ok(nanos) = u64::try_from(d.as_nanos()) {
+        if let Some(n) = nanos.checked_mul(TICKS_PER) {
+            return n.div_ceil(NANOS_PER);
+        }
+    }
     let nanos = d.as_nanos(); // u128: exact for every Duration
     let ticks = nanos
         .saturating_mul(u128::from(TICKS_PER))
@@ -109,14 +116,13 @@ impl rt::Timer for EmbassyTimer {
     }
 }
 
-/// The runtime half of [`Context`] on embassy.
+/// The runtime half of a context on embassy, for every context: implemented for [`Ctx`],
+/// so a `Context` has it too (through `Deref`), and so will contexts kept in static or
+/// pinned storage.
 pub trait ContextExt {
     /// Completes when the context is done, waking at its deadline (one embassy timer, only
     /// if it has one). Go's `<-ctx.Done()`.
     fn done(&self) -> Done<'_>;
-
-    /// [`done`](ContextExt::done) owning a clone of the context (for `'static` futures).
-    fn done_owned(&self) -> DoneOwned;
 
     /// Runs `future` until it completes (`Ok`) or the context is done, at the latest at
     /// its deadline (`Err(reason)`); the future is then no longer polled.
@@ -126,13 +132,9 @@ pub trait ContextExt {
     fn sleep(&self, duration: Duration) -> Run<'_, embassy_time::Timer>;
 }
 
-impl ContextExt for Context {
+impl ContextExt for Ctx {
     fn done(&self) -> Done<'_> {
         rt::Done::new(self, EmbassyTimer)
-    }
-
-    fn done_owned(&self) -> DoneOwned {
-        rt::DoneOwned::new(self.clone(), EmbassyTimer)
     }
 
     fn run<F: Future>(&self, future: F) -> Run<'_, F> {
@@ -141,6 +143,18 @@ impl ContextExt for Context {
 
     fn sleep(&self, duration: Duration) -> Run<'_, embassy_time::Timer> {
         self.run(rt::Timer::sleep(&EmbassyTimer, duration))
+    }
+}
+
+/// What needs an owned [`Context`] (a clone kept inside the future).
+pub trait ContextOwnedExt {
+    /// [`done`](ContextExt::done) owning a clone of the context (for `'static` futures).
+    fn done_owned(&self) -> DoneOwned;
+}
+
+impl ContextOwnedExt for Context {
+    fn done_owned(&self) -> DoneOwned {
+        rt::DoneOwned::new(self.clone(), EmbassyTimer)
     }
 }
 

@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Wake;
 
 use embassy_time::MockDriver;
-use kontext_embassy::{background, Clock, ContextExt, EmbassyClock, Error, Instant};
+use kontext_embassy::{
+    background, Clock, ContextExt, ContextOwnedExt, EmbassyClock, Error, Instant,
+};
 
 /// The mock clock is global: one test at a time, each from time zero.
 fn clock() -> MutexGuard<'static, ()> {
@@ -171,4 +173,19 @@ async fn futures_join<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output
         }
     })
     .await
+}
+
+/// Waiting works on a borrowed `&Ctx` (what static and pinned contexts will lend out).
+#[test]
+fn a_borrowed_ctx_can_wait() {
+    let _t = clock();
+    fn wait_on(ctx: &kontext_embassy::Ctx) -> kontext_embassy::Done<'_> {
+        ctx.done()
+    }
+    let (ctx, _h) = background().with_timeout(5 * MS);
+    let (_wakes, waker) = counting_waker();
+    let mut done = pin!(wait_on(&ctx));
+    assert!(poll(done.as_mut(), &waker).is_pending());
+    advance(5 * MS);
+    assert!(poll(done.as_mut(), &waker).is_ready());
 }

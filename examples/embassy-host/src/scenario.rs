@@ -16,8 +16,7 @@
 //! (issue 6, `notes/issue-6-design.md`), switching is local: the root becomes a
 //! `static` node attached once in `supervisor`, the tasks and `Why` take `&'static Ctx` /
 //! `&Ctx` instead of `Context` (they only observe: `err`, `cause`, `run`, `done`, `sleep`;
-//! this needs `kontext_embassy::ContextExt` implemented for `Ctx`, today it is only on
-//! `Context`), and each packet's deadline context becomes a `DeadlineNode` pinned in
+//! `kontext_embassy::ContextExt` is implemented for `Ctx`), and each packet's deadline context becomes a `DeadlineNode` pinned in
 //! `radio`'s future instead of `with_timeout`. The cause needs `alloc` (it is boxed) until
 //! static causes exist. The lines to change are marked `heap API:`.
 
