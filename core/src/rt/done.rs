@@ -17,6 +17,26 @@ use crate::time::Instant;
 use crate::wait::{Cancelled, CancelledOwned};
 use crate::{Context, Ctx, Error};
 
+/// The poll of [`Done`] and [`DoneOwned`]: the context's own wait first, then its deadline
+/// timer; `ctx_of` reads the context out of the wait.
+fn poll_done<W: Future<Output = ()>, T: Timer>(
+    mut wait: Pin<&mut W>,
+    ctx_of: fn(&W) -> &Ctx,
+    timer: &T,
+    mut sleep: Pin<&mut Option<T::Sleep>>,
+    cx: &mut task::Context<'_>,
+) -> Poll<()> {
+    loop {
+        if wait.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if poll_deadline(ctx_of(&wait), timer, sleep.as_mut(), cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Done now: the wait above completes (and unlinks) on the next turn.
+    }
+}
+
 /// After the context's own wait said "pending": drives the deadline timer. `Ready` means
 /// the context is now done.
 fn poll_deadline<T: Timer>(
@@ -95,17 +115,8 @@ impl<'a, T: Timer> Done<'a, T> {
 impl<T: Timer> Future for Done<'_, T> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        loop {
-            if this.cancelled.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            let ctx = this.cancelled.context();
-            if poll_deadline(ctx, this.timer, this.sleep.as_mut(), cx).is_pending() {
-                return Poll::Pending;
-            }
-            // Done now: the wait above completes (and unlinks) on the next turn.
-        }
+        let this = self.project();
+        poll_done(this.cancelled, |c| c.context(), this.timer, this.sleep, cx)
     }
 }
 
@@ -145,16 +156,8 @@ impl<T: Timer> DoneOwned<T> {
 impl<T: Timer> Future for DoneOwned<T> {
     type Output = ();
     fn poll(self: Pin<&mut Self>, cx: &mut task::Context<'_>) -> Poll<()> {
-        let mut this = self.project();
-        loop {
-            if this.cancelled.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(());
-            }
-            let ctx = this.cancelled.as_ref().get_ref().context();
-            if poll_deadline(ctx, this.timer, this.sleep.as_mut(), cx).is_pending() {
-                return Poll::Pending;
-            }
-        }
+        let this = self.project();
+        poll_done(this.cancelled, |c| c.context(), this.timer, this.sleep, cx)
     }
 }
 
