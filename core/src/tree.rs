@@ -552,14 +552,10 @@ impl Header {
             Some(t) => {
                 // SAFETY: invariant 2.
                 let te = unsafe { time_ext(t) };
-                // `NEVER` and `FAR_FUTURE` never fire, even on a clock saturated at
-                // `FAR_FUTURE` (time invariant 2).
-                te.deadline < Instant::FAR_FUTURE.as_nanos()
-                    && te.clock.now().as_nanos() >= te.deadline
-                    && {
-                        expire(t);
-                        true
-                    }
+                te.has_passed() && {
+                    expire(t);
+                    true
+                }
             }
         }
     }
@@ -1183,8 +1179,17 @@ fn deadline_state(te: &TimeExt) -> *mut CauseRecord {
 
 /// `deadline_state` if the node's own deadline has passed (read from its clock).
 fn passed_deadline_state(te: &TimeExt) -> Option<*mut CauseRecord> {
-    (te.deadline < Instant::FAR_FUTURE.as_nanos() && te.clock.now().as_nanos() >= te.deadline)
-        .then(|| deadline_state(te))
+    te.has_passed().then(|| deadline_state(te))
+}
+
+impl TimeExt {
+    /// Whether the deadline has passed on its clock. `NEVER` and `FAR_FUTURE` never pass,
+    /// even on a clock saturated at `FAR_FUTURE` (time invariant 2).
+    #[inline]
+    fn has_passed(&self) -> bool {
+        self.deadline < Instant::FAR_FUTURE.as_nanos()
+            && self.clock.now().as_nanos() >= self.deadline
+    }
 }
 
 /// Cancels `root` and its whole subtree with `state` (a sentinel or an owned record).
