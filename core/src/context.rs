@@ -259,7 +259,8 @@ impl Ctx {
     /// Costs one step per value node above, not per ancestor.
     #[doc(alias = "Value")]
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
-        self.header().and_then(Header::value::<T>)
+        // SAFETY: whoever lent us out keeps the node alive for as long as `self`.
+        self.node.and_then(|n| unsafe { tree::value::<T>(n) })
     }
 
     /// A future that completes when the context is done (Go's `<-ctx.Done()`).

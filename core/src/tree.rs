@@ -38,11 +38,16 @@
 //!    slots. The two fences are ordered one way or the other in the single SeqCst order:
 //!    either the walker sees the child, or the child sees the owner cancelled and cancels
 //!    itself. No child is missed. (Fences rather than SeqCst accesses: the standard's
-//!    store-buffering guarantee, and the form loom models exactly.)
+//!    store-buffering guarantee, and the form loom models exactly. On x86 the RMW itself
+//!    is the fence: `sync::cas_then_fence`.) A walker that finds a cancelled child's
+//!    table empty (`len == 0`, read after its fence) need not descend into it: a
+//!    registrant it does not see sees the child cancelled.
 //! 6. Waiters: the walker CASes the state, fences (as in 5), then loads `side` and, if
-//!    present, closes the wait list under its lock. A waiter installs (or loads) `side`,
-//!    links itself under the lock (or sees the list closed), fences, then reloads the
-//!    state. Either the walker finds it linked, or it sees the state: no lost wake-up.
+//!    present, its `has_waiters` flag; if set, it closes the wait list under its lock. A
+//!    waiter installs (or loads) `side`, sets `has_waiters`, links itself under the lock
+//!    (or sees the list closed), fences, then reloads the state. Either the walker finds
+//!    it (flag and link), or it sees the state: no lost wake-up. A list nobody waited on
+//!    is never locked by the walker, so it may stay open; a late waiter sees the state.
 //! 7. Cancellation and drop walk the tree iteratively: the cancel walk is a depth-first
 //!    traversal that returns to a node's owner through `parent.state_src` and resumes at
 //!    `slot + 1`; frees cascade up the parent chain in a loop. A million-deep chain needs
@@ -67,7 +72,10 @@ use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
 
 use crate::error::{Cause, Error};
-use crate::sync::{fence, AtomicPtr, AtomicUsize, Mutex, Ordering::*, UnsafeCell};
+use crate::sync::{
+    cas_then_fence, fence, store_then_fence, AtomicBool, AtomicPtr, AtomicUsize, Mutex,
+    Ordering::*, UnsafeCell,
+};
 use crate::time::{Clock, Instant};
 use crate::wait::WaitList;
 
@@ -165,6 +173,7 @@ pub(crate) struct Header {
     parent: Option<NonNull<Header>>,
     state_src: Option<NonNull<CancelNode>>,
     time_src: Option<NonNull<Header>>,
+    /// The nearest value node above (a value node) or at or above (any other node).
     values: Option<NonNull<Header>>,
 }
 
@@ -294,6 +303,9 @@ pub(crate) struct Side {
     /// Chunks 1.., allocated with the directory when chunk 0 is full (keeps `Side` small:
     /// every node with a child pays for one).
     dir: AtomicPtr<Dir>,
+    /// Set (never cleared) by a waiter before it links and fences (invariant 6), so a
+    /// cancel walker that reads it unset after its own fence skips the wait list's lock.
+    pub(crate) has_waiters: AtomicBool,
     pub(crate) waiters: Mutex<WaitList>,
 }
 
@@ -328,6 +340,7 @@ impl Side {
             len: AtomicUsize::new(0),
             first: core::array::from_fn(|_| Slot::new()),
             dir: AtomicPtr::new(ptr::null_mut()),
+            has_waiters: AtomicBool::new(false),
             waiters: Mutex::new(WaitList::new()),
         }
     }
@@ -457,6 +470,13 @@ impl Side {
                 Err(h) => head = h,
             }
         }
+    }
+
+    /// Whether any index was ever claimed (children or callbacks may be registered).
+    fn has_entries(&self) -> bool {
+        // Acquire: as in `take_from`; where it matters a SeqCst fence precedes this load
+        // (invariant 5).
+        self.len.load(Acquire) != 0
     }
 
     /// The next registered link at or after `*idx`, taken out of its slot (invariant 3).
@@ -591,26 +611,36 @@ impl Header {
     pub(crate) fn done(&self) -> Option<(Error, &Cause)> {
         self.done_state().map(|(n, st)| resolve(n, st))
     }
+}
 
-    pub(crate) fn value<T: 'static>(&self) -> Option<&T> {
-        let want = TypeId::of::<T>();
-        let mut v = self.values;
-        while let Some(p) = v {
-            // SAFETY: `values` chains only point at value nodes (all `ValueHead`-prefixed),
-            // kept alive by invariant 2.
-            let head = unsafe { &*p.cast::<ValueHead>().as_ptr() };
-            if head.type_id == want {
-                // SAFETY: the type id says this is a `ValueNode<T>`.
-                return Some(unsafe { &(*p.cast::<ValueNode<T>>().as_ptr()).value });
-            }
-            // SAFETY: invariant 2.
-            v = head
-                .header
-                .parent
-                .and_then(|par| unsafe { par.as_ref() }.values);
+/// The value of type `T` nearest to `node` (itself included), walking value nodes only.
+///
+/// Takes the node's raw pointer: a value node's payload lies past its `Header`, which a
+/// pointer re-derived from a `&Header` may not read (Stacked Borrows).
+///
+/// # Safety
+/// `node` is alive for `'a` (a handle or a borrow of its storage).
+pub(crate) unsafe fn value<'a, T: 'static>(node: NonNull<Header>) -> Option<&'a T> {
+    let want = TypeId::of::<T>();
+    // SAFETY: the caller keeps `node` alive.
+    let h = unsafe { node.as_ref() };
+    // A value node's `values` is the nearest value node *above* it, so a lookup takes one
+    // dependent load per value node it passes.
+    let mut v = match h.link.kind {
+        Kind::Value => Some(node),
+        _ => h.values,
+    };
+    while let Some(p) = v {
+        // SAFETY: `values` chains only point at value nodes (all `ValueHead`-prefixed),
+        // kept alive by invariant 2.
+        let head = unsafe { &*p.cast::<ValueHead>().as_ptr() };
+        if head.type_id == want {
+            // SAFETY: the type id says this is a `ValueNode<T>`.
+            return Some(unsafe { &(*p.cast::<ValueNode<T>>().as_ptr()).value });
         }
-        None
+        v = head.header.values;
     }
+    None
 }
 
 /// # Safety
@@ -958,7 +988,11 @@ fn derive_from(parent: Option<NonNull<Header>>) -> Derive {
                 parent: Some(raw),
                 state_src: p.state_src,
                 time_src: p.time_src,
-                values: p.values,
+                // The raw pointer, not one re-derived from `p` (see above).
+                values: match p.link.kind {
+                    Kind::Value => Some(raw),
+                    _ => p.values,
+                },
             }
         }
     }
@@ -1025,10 +1059,11 @@ fn join(owner: Option<&CancelNode>) -> Join<'_> {
 /// owner turned out to be cancelled (the caller must then cancel the new link).
 fn publish(owner: &CancelNode, side: &Side, idx: usize, l: NonNull<Link>) -> bool {
     let slot = side.slot(idx).expect("claimed slots are allocated");
-    // Release: publishes the initialised node to the walker's AcqRel swap; ordering
-    // against the owner's cancel comes from the fence in `recheck_cancelled`.
-    slot.ptr.store(l.as_ptr(), Release);
-    owner.recheck_cancelled()
+    // Release (in `store_then_fence`): publishes the initialised node to the walker's
+    // AcqRel swap. The fence that follows is this side of invariant 5's pair.
+    store_then_fence(&slot.ptr, l.as_ptr());
+    // Acquire: pairs with the canceller's CAS (its record is visible).
+    owner.state.load(Acquire).addr() != LIVE
 }
 
 /// Moves a node to the heap; the returned pointer keeps the allocation's full permissions.
@@ -1112,8 +1147,6 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
         value,
     })
     .cast::<Header>();
-    // SAFETY: fresh and unshared.
-    unsafe { (*p.as_ptr()).values = Some(p) };
     p
 }
 
@@ -1201,31 +1234,29 @@ impl TimeExt {
 pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool {
     // SAFETY: the caller holds a handle (or a registered reference) on `root`.
     let r = unsafe { root.as_ref() };
-    // AcqRel: Release publishes the record; Acquire orders the walk after any earlier
-    // publication. On failure we only free our own record: Relaxed.
-    if r.state
-        .compare_exchange(sentinel(LIVE), state, AcqRel, Relaxed)
-        .is_err()
-    {
+    // AcqRel (in `cas_then_fence`): Release publishes the record; Acquire orders the walk
+    // after any earlier publication. On failure we only free our own record. On success
+    // the fence is our side of invariants 5 and 6.
+    if !cas_then_fence(&r.state, sentinel(LIVE), state) {
         if is_record(state) {
             // SAFETY: the record was ours and was never published.
             drop(unsafe { Box::from_raw(state) });
         }
         return false;
     }
-    // Invariants 5 and 6: our side of the fence pair.
-    fence(SeqCst);
     let mut panics = Panics::default();
     notify(r, &mut panics);
     let mut cur = root;
     // What the children of `cur` inherit.
     let mut inh = r.inherited_state();
     let mut next = 0usize;
+    // `cur`'s table, loaded once per visit (after the fence that made `cur` ours).
+    let mut cur_side = r.side();
     loop {
         // SAFETY: we hold a reference on every node of the current path: the caller's on
         // `root`, a taken registration on each one below (invariant 3).
         let c = unsafe { cur.as_ref() };
-        match c.side().and_then(|s| s.take_from(&mut next)) {
+        match cur_side.and_then(|s| s.take_from(&mut next)) {
             Some(l) => {
                 // SAFETY: taking the slot gave us its registered reference.
                 match unsafe { l.as_ref() }.kind {
@@ -1250,18 +1281,26 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                             }
                             _ => inh,
                         };
-                        // AcqRel / Relaxed: as the root's CAS.
-                        if ch
-                            .state
-                            .compare_exchange(sentinel(LIVE), st, AcqRel, Relaxed)
-                            .is_ok()
-                        {
-                            // Invariants 5 and 6 for the child's own registrants and waiters.
-                            fence(SeqCst);
-                            notify(ch, &mut panics);
-                            cur = child;
-                            inh = inherit(st);
-                            next = 0;
+                        // As the root's CAS; the fence is invariants 5 and 6 for the child's
+                        // own registrants and waiters.
+                        if cas_then_fence(&ch.state, sentinel(LIVE), st) {
+                            // After the fence: a registrant or waiter we do not see here
+                            // sees the child cancelled (invariants 5 and 6).
+                            let ch_side = ch.side();
+                            if let Some(s) = ch_side {
+                                notify_side(s, &mut panics);
+                            }
+                            if ch_side.is_some_and(|s| s.has_entries()) {
+                                cur = child;
+                                cur_side = ch_side;
+                                inh = inherit(st);
+                                next = 0;
+                            } else {
+                                // Nothing registered below it: done with the child without
+                                // descending (a leaf, or only waiters).
+                                // SAFETY: we own the registered reference; as for callbacks.
+                                panics.call(|| unsafe { release_registered(l) });
+                            }
                         } else {
                             // Cancelled on its own already: its canceller walks its subtree.
                             // SAFETY: we own the registered reference; as for callbacks.
@@ -1283,7 +1322,9 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                 panics.call(|| unsafe { release_registered(cur.cast()) });
                 cur = up;
                 // SAFETY: alive, as just said.
-                inh = unsafe { up.as_ref() }.inherited_state();
+                let u = unsafe { up.as_ref() };
+                inh = u.inherited_state();
+                cur_side = u.side();
             }
         }
     }
@@ -1297,13 +1338,22 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
 /// that panics (caught in `panics`) or that re-enters this context's wait list can neither
 /// corrupt the list nor deadlock.
 fn notify(n: &CancelNode, panics: &mut Panics) {
-    let Some(side) = n.side() else { return };
+    if let Some(side) = n.side() {
+        notify_side(side, panics);
+    }
+}
+
+/// `notify` for a node whose table is `side`.
+fn notify_side(side: &Side, panics: &mut Panics) {
+    // Relaxed: the caller's fence (after its state CAS) and the waiter's (after setting
+    // the flag) are invariant 6's pair: a waiter whose flag we miss sees the state.
+    if !side.has_waiters.load(Relaxed) {
+        return;
+    }
     loop {
         let mut batch = crate::wait::WakeBatch::new();
         let more = side.waiters.lock().close_and_take(&mut batch);
-        for w in batch.drain() {
-            panics.call(|| w.wake());
-        }
+        batch.wake_all(|wake| panics.call(wake));
         if !more {
             return;
         }

@@ -17,6 +17,7 @@
 
 use core::future::Future;
 use core::marker::PhantomPinned;
+use core::mem::MaybeUninit;
 use core::pin::Pin;
 use core::ptr;
 use core::task::{self, Poll, Waker};
@@ -26,7 +27,7 @@ use pin_project_lite::pin_project;
 
 use crate::context::{Context, Ctx};
 use crate::error::Error;
-use crate::sync::UnsafeCell;
+use crate::sync::{Ordering::Relaxed, UnsafeCell};
 use crate::tree::Side;
 
 pub(crate) struct WaiterNode {
@@ -117,9 +118,11 @@ impl WaitList {
 }
 
 /// Wakers taken out of a wait list, to be woken after its lock is released (a fixed
-/// array on the stack, as tokio's `WakeList`: waking allocates nothing).
+/// array on the stack, as tokio's `WakeList`: waking allocates nothing). Uninitialised
+/// until pushed: a walk that notifies many nodes does not zero 32 slots for each.
 pub(crate) struct WakeBatch {
-    wakers: [Option<Waker>; WakeBatch::CAP],
+    /// `wakers[..len]` are initialised.
+    wakers: [MaybeUninit<Waker>; WakeBatch::CAP],
     len: usize,
 }
 
@@ -128,7 +131,7 @@ impl WakeBatch {
 
     pub(crate) fn new() -> Self {
         WakeBatch {
-            wakers: [const { None }; WakeBatch::CAP],
+            wakers: [const { MaybeUninit::uninit() }; WakeBatch::CAP],
             len: 0,
         }
     }
@@ -138,14 +141,34 @@ impl WakeBatch {
     }
 
     fn push(&mut self, w: Waker) {
-        self.wakers[self.len] = Some(w);
+        self.wakers[self.len].write(w);
         self.len += 1;
     }
 
-    /// The wakers, each handed out once.
-    pub(crate) fn drain(&mut self) -> impl Iterator<Item = Waker> + '_ {
-        let n = core::mem::take(&mut self.len);
-        self.wakers[..n].iter_mut().filter_map(Option::take)
+    /// Wakes every waker in the batch, once each, calling `wrap` around each wake (the
+    /// walk catches panics there). A panic that escapes `wrap` drops the rest unwoken.
+    pub(crate) fn wake_all(&mut self, mut wrap: impl FnMut(&mut dyn FnMut())) {
+        while self.len > 0 {
+            self.len -= 1;
+            // SAFETY: `wakers[len]` was initialised by `push` and, with `len` lowered
+            // first, is read out exactly once.
+            let w = unsafe { self.wakers[self.len].assume_init_read() };
+            let mut w = Some(w);
+            wrap(&mut || {
+                if let Some(w) = w.take() {
+                    w.wake();
+                }
+            });
+        }
+    }
+}
+
+impl Drop for WakeBatch {
+    fn drop(&mut self) {
+        for w in &mut self.wakers[..self.len] {
+            // SAFETY: `wakers[..len]` are initialised and not yet read out.
+            unsafe { w.assume_init_drop() };
+        }
     }
 }
 
@@ -191,6 +214,12 @@ impl Waiter {
             return Poll::Pending; // detached, no deadline: never done
         };
         let side = src.ensure_side();
+        // Invariant 3 (tree invariant 6): the flag is set before our fence, so a walker
+        // that skips the lock because it read the flag unset is one our re-check sees.
+        // Relaxed: the fences order it. Loaded first, so repeated polls do not write.
+        if !side.has_waiters.load(Relaxed) {
+            side.has_waiters.store(true, Relaxed);
+        }
         // Invariant 1: a replaced waker is dropped after the guard.
         let _replaced: Option<Waker> = {
             let mut list = side.waiters.lock();
