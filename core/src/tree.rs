@@ -1138,7 +1138,7 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
         drop(unsafe { Box::from_raw(h.cast::<ValueNode<T>>().as_ptr()) });
     }
     let d = derive_from(parent);
-    let p = alloc_node(ValueNode {
+    alloc_node(ValueNode {
         head: ValueHead {
             header: header(Kind::Value, HANDLE + MEM_COLLECTIVE, NO_SLOT, &d),
             type_id: TypeId::of::<T>(),
@@ -1146,8 +1146,7 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
         },
         value,
     })
-    .cast::<Header>();
-    p
+    .cast::<Header>()
 }
 
 /// A node that fixes the clock for its subtree and cuts it off from the parent's
