@@ -20,10 +20,11 @@ use crate::error::Error;
 #[cfg(feature = "alloc")]
 use crate::sync::{AtomicUsize, Ordering::Relaxed};
 #[cfg(feature = "alloc")]
+use crate::tree::CancelNode;
 use crate::{
     error::Cause,
     time::{Clock, Instant},
-    tree::{self, CancelNode, Header, Link},
+    tree::{self, Header, Link},
     wait::{Cancelled, CancelledOwned, RunUntilCancelled, StreamUntilCancelled},
 };
 #[cfg(feature = "alloc")]
@@ -80,10 +81,7 @@ pub struct Context {
 #[repr(transparent)]
 pub struct Ctx {
     /// `None`: the background root. Otherwise a node kept alive by whoever lent us out.
-    #[cfg(feature = "alloc")]
-    node: Option<NonNull<Header>>,
-    #[cfg(not(feature = "alloc"))]
-    node: Option<NonNull<()>>,
+    pub(crate) node: Option<NonNull<Header>>,
 }
 
 // SAFETY: nodes are shared through atomics only; values are `Send + Sync`; clocks are
@@ -142,7 +140,6 @@ impl Context {
 
 /// The observers of [`Ctx`], also as inherent methods of `Context` (so that paths such
 /// as `Context::value` and Go-style lookups in these docs find them).
-#[cfg(feature = "alloc")]
 impl Context {
     /// Why the context is done, with the cause ([`Ctx::cause`], Go's `context.Cause`).
     #[inline]
@@ -197,6 +194,13 @@ impl Context {
 }
 
 impl Ctx {
+    /// The background context (Go's `context.Background()`) as a `&'static Ctx`: the
+    /// parent of [`node`](crate::node) roots.
+    pub const fn background() -> &'static Ctx {
+        const BACKGROUND: &Ctx = &Ctx { node: None };
+        BACKGROUND
+    }
+
     /// Whether the context is done: cancelled, an ancestor cancelled, or past its deadline.
     ///
     /// One atomic load without a deadline; that load plus one clock read with one. Seeing
@@ -206,7 +210,6 @@ impl Ctx {
     #[doc(alias = "is_canceled")]
     #[inline]
     pub fn is_cancelled(&self) -> bool {
-        #[cfg(feature = "alloc")]
         if let Some(h) = self.header() {
             return h.is_done();
         }
@@ -216,7 +219,6 @@ impl Ctx {
     /// `None` while the context is live, then why it is done (Go's `ctx.Err()`).
     #[doc(alias = "Err")]
     pub fn err(&self) -> Option<Error> {
-        #[cfg(feature = "alloc")]
         if let Some(h) = self.header() {
             return h.err();
         }
@@ -224,7 +226,6 @@ impl Ctx {
     }
 }
 
-#[cfg(feature = "alloc")]
 impl Ctx {
     pub(crate) fn header(&self) -> Option<&Header> {
         // SAFETY: whoever lent us out keeps the node alive (a `Context`'s handle, `tree`
@@ -421,14 +422,39 @@ impl Context {
             },
         }
     }
+}
 
+impl Context {
     /// Like [`cancelled`](Ctx::cancelled), owning a clone of the context (`'static`).
     pub fn cancelled_owned(&self) -> CancelledOwned {
         CancelledOwned::new(self.clone())
     }
+
+    /// A `Context` for a context that lives forever: one in a `static` (see
+    /// [`node`](crate::node)), or a leaked one. Cloning and dropping it count nothing for a
+    /// `static` node; children derived from it (with `alloc`) live on the heap as usual.
+    ///
+    /// ```
+    /// use core::pin::Pin;
+    /// use kontext::{node::CancelNode, Context, Ctx};
+    ///
+    /// static ROOT: CancelNode<'static> = CancelNode::new();
+    /// let root: &'static Ctx = Pin::static_ref(&ROOT).attach(Ctx::background());
+    /// let root = Context::from_static(root);
+    /// let (req, _cancel) = root.child();
+    /// ROOT.cancel();
+    /// assert!(req.is_cancelled());
+    /// ```
+    pub fn from_static(ctx: &'static Ctx) -> Context {
+        if let Some(h) = ctx.header() {
+            tree::acquire_handle(h.link());
+        }
+        Context {
+            ctx: Ctx { node: ctx.node },
+        }
+    }
 }
 
-#[cfg(feature = "alloc")]
 fn default_clock() -> Option<&'static dyn Clock> {
     #[cfg(feature = "std")]
     return Some(crate::time::StdClock::STATIC);
@@ -438,7 +464,6 @@ fn default_clock() -> Option<&'static dyn Clock> {
 
 impl Clone for Context {
     fn clone(&self) -> Self {
-        #[cfg(feature = "alloc")]
         if let Some(h) = self.header() {
             tree::acquire_handle(h.link());
         }
@@ -452,7 +477,6 @@ impl Clone for Context {
 
 impl Drop for Context {
     fn drop(&mut self) {
-        #[cfg(feature = "alloc")]
         if let Some(p) = self.ctx.node {
             // SAFETY: we own one handle.
             unsafe { tree::release_handle(p.cast::<Link>()) };
@@ -482,7 +506,6 @@ impl fmt::Debug for Ctx {
 impl Ctx {
     fn fmt_as(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct(name);
-        #[cfg(feature = "alloc")]
         match self.header() {
             None => {
                 d.field("background", &true);
@@ -493,8 +516,6 @@ impl Ctx {
                     .field("deadline", &h.deadline());
             }
         }
-        #[cfg(not(feature = "alloc"))]
-        d.field("background", &true);
         d.finish()
     }
 }

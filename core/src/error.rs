@@ -29,12 +29,9 @@ impl core::error::Error for Error {}
 /// context it was given to and every descendant.
 pub type Cause = dyn core::error::Error + Send + Sync + 'static;
 
-#[cfg(feature = "alloc")]
 pub(crate) static CANCELLED: Error = Error::Cancelled;
-#[cfg(feature = "alloc")]
 pub(crate) static DEADLINE_EXCEEDED: Error = Error::DeadlineExceeded;
 
-#[cfg(feature = "alloc")]
 impl Error {
     /// This error as a `'static` cause, for contexts cancelled without one.
     pub(crate) fn as_cause(self) -> &'static Cause {

@@ -9,14 +9,13 @@ extern crate std;
 
 mod context;
 mod error;
+pub mod node;
 #[cfg(feature = "timer")]
 #[cfg_attr(docsrs, doc(cfg(feature = "timer")))]
 pub mod rt;
 mod sync;
 mod time;
-#[cfg(feature = "alloc")]
 mod tree;
-#[cfg(feature = "alloc")]
 mod wait;
 
 #[cfg(feature = "alloc")]
@@ -28,7 +27,6 @@ pub use crate::time::ManualClock;
 #[cfg(feature = "std")]
 pub use crate::time::StdClock;
 pub use crate::time::{Clock, Instant};
-#[cfg(feature = "alloc")]
 pub use crate::wait::{Cancelled, CancelledOwned, RunUntilCancelled, StreamUntilCancelled};
 
 /// Sizes of the heap nodes, in bytes, for documentation and benchmarks.

@@ -21,6 +21,14 @@ pub(crate) use loom::sync::atomic::{
 #[cfg(all(not(loom), not(target_has_atomic = "ptr")))]
 pub(crate) use portable_atomic::{fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering};
 
+/// The one-time attach state of user-provided node storage: a plain atomic even under
+/// loom (`const`-constructible, so storage can be a `static`). It only guards against a
+/// second attach; the tree's own protocol does not depend on it.
+#[cfg(target_has_atomic = "ptr")]
+pub(crate) use core::sync::atomic::AtomicU8 as InitState;
+#[cfg(not(target_has_atomic = "ptr"))]
+pub(crate) use portable_atomic::AtomicU8 as InitState;
+
 // ---------------------------------------------------------------------------------------
 // "Read-modify-write, then `fence(SeqCst)`" (the tree's store-buffering pairs).
 //
@@ -129,10 +137,9 @@ pub(crate) fn spin_hint() {
 /// interrupts, or takes the multi-core lock the firmware's implementation provides, for the
 /// few instructions it is held), or wait on contexts and cancel them only from tasks
 /// (thread mode). Checking (`is_cancelled`) is lock-free and fine anywhere.
-#[cfg(feature = "alloc")]
 pub(crate) use self::mutex::Mutex;
 
-#[cfg(all(feature = "alloc", loom))]
+#[cfg(loom)]
 mod mutex {
     #[derive(Debug)]
     pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
@@ -163,12 +170,7 @@ mod mutex {
     }
 }
 
-#[cfg(all(
-    feature = "alloc",
-    not(feature = "std"),
-    feature = "critical-section",
-    not(loom)
-))]
+#[cfg(all(not(feature = "std"), feature = "critical-section", not(loom)))]
 mod mutex {
     use core::cell::UnsafeCell;
     use core::marker::PhantomData;
@@ -232,12 +234,7 @@ mod mutex {
     }
 }
 
-#[cfg(all(
-    feature = "alloc",
-    not(feature = "std"),
-    not(feature = "critical-section"),
-    not(loom)
-))]
+#[cfg(all(not(feature = "std"), not(feature = "critical-section"), not(loom)))]
 mod mutex {
     use super::Ordering;
     use core::cell::UnsafeCell;

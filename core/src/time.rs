@@ -27,7 +27,6 @@ impl Instant {
     /// The latest representable instant; deadlines saturate here and are never reached.
     pub const FAR_FUTURE: Instant = Instant(u64::MAX - 1);
     /// Internal marker for "no deadline" (invariant 2).
-    #[cfg(feature = "alloc")]
     pub(crate) const NEVER: u64 = u64::MAX;
 
     /// An instant `nanos` nanoseconds after the clock's epoch (saturating at

@@ -53,6 +53,18 @@
 //!    `slot + 1`; frees cascade up the parent chain in a loop. A million-deep chain needs
 //!    no stack.
 //!
+//! 8. Storage (`Link::storage`): a `Heap` node is `Box`ed and counted as above. A `User`
+//!    node lives in memory the user provides (a `static`, or pinned in a future or on a
+//!    stack) and is kept alive by borrows, not counts: taking and giving back handles on it
+//!    are no-ops, and so a heap node must never depend on a *pinned* user node (the API
+//!    gives out no owned `Context` for one; a `static` one is fine). The walker takes and
+//!    releases a user node's `MEM_REGISTERED` like a heap node's, but never frees it. A user
+//!    node's storage, when dropped, detaches it: it unregisters as a heap node's last handle
+//!    does, or, if a walker took its slot first, waits for that walker to release it
+//!    (Release/Acquire), which is its last access. The node's own children, waiters and
+//!    callbacks borrow the storage, so they are gone by then. Without `alloc` every cancel
+//!    node is a user node, born with its table (tables cannot grow past the first chunk).
+//!
 //! # Deadlock and panic safety
 //!
 //! The only lock is a wait list's. It is held to link, unlink or take out waiters, never
@@ -66,6 +78,13 @@
 //! Without `std` a panic unwinds (or aborts) out of the walk; the tree stays memory-safe
 //! but the rest of the walk does not happen.
 
+// Without `alloc` only user nodes exist: the heap paths are compiled out or dead.
+#![cfg_attr(
+    not(feature = "alloc"),
+    allow(dead_code, unreachable_code, unused_variables)
+)]
+
+#[cfg(feature = "alloc")]
 use alloc::boxed::Box;
 use core::any::TypeId;
 use core::mem::ManuallyDrop;
@@ -133,7 +152,37 @@ const CB_STOPPED: usize = 2;
 
 pub(crate) struct CauseRecord {
     reason: Error,
-    cause: Box<Cause>,
+    cause: OwnedCause,
+}
+
+/// A cause a node owns: boxed with `alloc`; without it, only `'static` causes exist.
+#[cfg(feature = "alloc")]
+pub(crate) type OwnedCause = Box<Cause>;
+/// A cause a node owns: boxed with `alloc`; without it, only `'static` causes exist.
+#[cfg(not(feature = "alloc"))]
+pub(crate) type OwnedCause = &'static Cause;
+
+/// The cause an `OwnedCause` holds.
+fn cause_ref(c: &OwnedCause) -> &Cause {
+    #[cfg(feature = "alloc")]
+    return c.as_ref();
+    #[cfg(not(feature = "alloc"))]
+    *c
+}
+
+/// Frees a cause record a node owned (or that was never published).
+///
+/// # Safety
+/// `st` is a record (`is_record`) owned by the caller.
+unsafe fn drop_record(st: *mut CauseRecord) {
+    #[cfg(feature = "alloc")]
+    // SAFETY: records are only made by `cancel_state`, with `Box::into_raw`.
+    drop(unsafe { Box::from_raw(st) });
+    #[cfg(not(feature = "alloc"))]
+    {
+        let _ = st;
+        unreachable!("no cause records without alloc");
+    }
 }
 
 fn sentinel(v: usize) -> *mut CauseRecord {
@@ -157,11 +206,23 @@ pub(crate) enum Kind {
     Callback,
 }
 
+/// Where a node's memory comes from (invariant 8).
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Storage {
+    /// `Box`ed and counted: freed when `refs` reaches zero.
+    Heap,
+    /// Memory the user provides (a `static`, or pinned in a future or on a stack); kept
+    /// alive by borrows, never freed by the tree.
+    User,
+}
+
 /// The prefix shared by everything a slot table can point at.
 #[repr(C)]
 pub(crate) struct Link {
     refs: AtomicUsize,
     kind: Kind,
+    storage: Storage,
     /// Index in the owner's table, or `NO_SLOT`. Written before the link is published.
     slot: u32,
 }
@@ -187,17 +248,17 @@ pub(crate) struct CancelNode {
 pub(crate) struct TimeExt {
     deadline: u64,
     clock: &'static dyn Clock,
-    cause: Option<Box<Cause>>,
+    cause: Option<OwnedCause>,
 }
 
 #[repr(C)]
-struct DeadlineNode {
+pub(crate) struct DeadlineNode {
     node: CancelNode,
     time: TimeExt,
 }
 
 #[repr(C)]
-struct ClockNode {
+pub(crate) struct ClockNode {
     header: Header,
     time: TimeExt,
 }
@@ -206,11 +267,12 @@ struct ClockNode {
 struct ValueHead {
     header: Header,
     type_id: TypeId,
+    /// Frees a heap value node (unused for user storage, which drops itself).
     drop: unsafe fn(NonNull<Header>),
 }
 
 #[repr(C)]
-struct ValueNode<T> {
+pub(crate) struct ValueNode<T> {
     head: ValueHead,
     value: T,
 }
@@ -246,6 +308,7 @@ struct CallbackEntry<F> {
 // ---------------------------------------------------------------------------------------
 // The slot table (invariant 3)
 
+/// Slots in the first chunk of a heap node's table (user storage picks its own).
 #[cfg(not(loom))]
 const BASE: usize = 4;
 #[cfg(not(loom))]
@@ -270,20 +333,23 @@ type Word = usize;
 use crate::sync::AtomicUsize as AtomicWord;
 
 #[cfg(target_pointer_width = "16")]
-compile_error!("kontext's `alloc` feature needs pointers of at least 32 bits");
+compile_error!("kontext needs pointers of at least 32 bits");
 
 const IDX_BITS: u32 = Word::BITS / 2;
 const IDX_MASK: Word = (1 << IDX_BITS) - 1;
 const TAG_ONE: Word = 1 << IDX_BITS;
 
-struct Slot {
+/// The most slots a user table may have inline (the free list must be able to name them).
+pub(crate) const MAX_INLINE: usize = 1 << 15;
+
+pub(crate) struct Slot {
     ptr: AtomicPtr<Link>,
     /// Next free index + 1 (0: end), meaningful only while on the free list.
     next_free: AtomicUsize,
 }
 
 impl Slot {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Slot {
             ptr: AtomicPtr::new(ptr::null_mut()),
             next_free: AtomicUsize::new(0),
@@ -291,64 +357,129 @@ impl Slot {
     }
 }
 
-/// Allocated lazily by a cancel node's first child, callback or waiter.
+/// A cancel node's table of registered children and callbacks, and its wait list.
+/// Allocated lazily by a heap node's first child, callback or waiter; part of the storage
+/// of a user node, installed before the node is published.
 pub(crate) struct Side {
     /// Tagged head: `tag << IDX_BITS | (index + 1)`; the tag changes on every push and pop,
     /// so a stale head never wins a CAS (no ABA).
     free: AtomicWord,
     /// Indexes ever handed out by bumping.
     len: AtomicUsize,
-    /// Chunk 0, inline: most parents never need more.
-    first: [Slot; BASE],
-    /// Chunks 1.., allocated with the directory when chunk 0 is full (keeps `Side` small:
-    /// every node with a child pays for one).
-    dir: AtomicPtr<Dir>,
+    /// Chunk 0: `1 << shift` slots beside this table (in `HeapSide`, or in the user's
+    /// storage), living exactly as long as it.
+    first: *const Slot,
+    /// log2 of the first chunk's length; chunk `k` has `1 << (shift + k)` slots.
+    shift: u8,
     /// Set (never cleared) by a waiter before it links and fences (invariant 6), so a
     /// cancel walker that reads it unset after its own fence skips the wait list's lock.
     pub(crate) has_waiters: AtomicBool,
+    /// Chunks 1.., allocated with the directory when chunk 0 is full (`alloc` only; keeps
+    /// `Side` small: every node with a child pays for one).
+    dir: AtomicPtr<Dir>,
     pub(crate) waiters: Mutex<WaitList>,
+}
+
+/// A heap node's table with its first chunk, in one allocation.
+#[cfg(feature = "alloc")]
+#[repr(C)]
+struct HeapSide {
+    side: Side,
+    slots: [Slot; BASE],
 }
 
 struct Dir {
     chunks: [AtomicPtr<Slot>; NCHUNKS],
 }
 
-fn chunk_of(idx: usize) -> (usize, usize) {
-    let k = (idx / BASE + 1).ilog2() as usize;
-    (k, idx - BASE * ((1 << k) - 1))
+/// Chunk and offset of index `idx` in a table whose first chunk has `1 << shift` slots.
+fn chunk_of(shift: u32, idx: usize) -> (usize, usize) {
+    let k = ((idx >> shift) + 1).ilog2() as usize;
+    (k, idx + (1 << shift) - ((1 << shift) << k))
 }
 
-fn chunk_len(k: usize) -> usize {
-    BASE << k
+fn chunk_len(shift: u32, k: usize) -> usize {
+    (1 << shift) << k
 }
 
-/// Indexes a table can hand out: what its chunks hold, and what the free list can name.
+/// Indexes a table can hand out: what its chunks can hold (with `alloc`, the directory's;
+/// without, the first chunk's), and what the free list can name.
 #[allow(clippy::unnecessary_cast)] // `Word` is `u64` on some targets only
-const CAPACITY: usize = {
-    let cap = BASE * ((1 << (NCHUNKS + 1)) - 1);
-    if (cap as u64) < (IDX_MASK as u64) - 1 {
-        cap
-    } else {
-        (IDX_MASK - 1) as usize
-    }
-};
+fn capacity(shift: u32) -> usize {
+    #[cfg(feature = "alloc")]
+    let cap = (1u64 << shift).saturating_mul((1u64 << (NCHUNKS + 1)) - 1);
+    #[cfg(not(feature = "alloc"))]
+    let cap = 1u64 << shift;
+    cap.min(IDX_MASK as u64 - 1) as usize
+}
 
 impl Side {
-    fn new() -> Self {
+    /// A table whose first chunk is the `1 << shift` slots at `first`.
+    fn with_first(first: *const Slot, shift: u8) -> Self {
         Side {
             free: AtomicWord::new(0),
             len: AtomicUsize::new(0),
-            first: core::array::from_fn(|_| Slot::new()),
-            dir: AtomicPtr::new(ptr::null_mut()),
+            first,
+            shift,
             has_waiters: AtomicBool::new(false),
+            dir: AtomicPtr::new(ptr::null_mut()),
             waiters: Mutex::new(WaitList::new()),
         }
     }
 
+    /// Writes a table and its first chunk of `n` slots (a power of two) into user storage.
+    ///
+    /// # Safety
+    /// `side` and `slots` are valid for writes (`slots` for `n` slots) and stay in place,
+    /// unmoved, until the table is dropped in place.
+    pub(crate) unsafe fn init_in_place(side: *mut Side, slots: *mut Slot, n: usize) {
+        assert!(
+            n.is_power_of_two() && n <= MAX_INLINE,
+            "kontext: a table's inline slots must be a power of two of at most {MAX_INLINE}"
+        );
+        for i in 0..n {
+            // SAFETY: the caller guarantees `n` writable slots.
+            unsafe { slots.add(i).write(Slot::new()) };
+        }
+        // SAFETY: the caller guarantees `side` is writable.
+        unsafe { side.write(Side::with_first(slots, n.trailing_zeros() as u8)) };
+    }
+
+    /// A heap table with `BASE` inline slots; the returned pointer owns the allocation.
+    #[cfg(feature = "alloc")]
+    fn new_heap() -> *mut Side {
+        let raw = Box::into_raw(Box::new(HeapSide {
+            side: Side::with_first(ptr::null(), BASE.trailing_zeros() as u8),
+            slots: core::array::from_fn(|_| Slot::new()),
+        }));
+        track(1);
+        // SAFETY: fresh and unshared; the slots live in the same allocation as the table.
+        unsafe { (*raw).side.first = ptr::addr_of!((*raw).slots).cast() };
+        raw.cast()
+    }
+
+    /// Frees a table made by `new_heap`.
+    ///
+    /// # Safety
+    /// `side` came from `new_heap`, and nobody else can reach it any more.
+    #[cfg(feature = "alloc")]
+    unsafe fn free_heap(side: *mut Side) {
+        // SAFETY: `HeapSide` is `repr(C)` with the table first; the pointer is the
+        // allocation's own.
+        drop(unsafe { Box::from_raw(side.cast::<HeapSide>()) });
+        track(-1);
+    }
+
+    fn shift(&self) -> u32 {
+        u32::from(self.shift)
+    }
+
     fn slot(&self, idx: usize) -> Option<&Slot> {
-        let (k, off) = chunk_of(idx);
+        let (k, off) = chunk_of(self.shift(), idx);
         if k == 0 {
-            return Some(&self.first[off]);
+            // SAFETY: `first` points at `1 << shift` slots living as long as `self`, and
+            // `off < 1 << shift` by construction of `chunk_of`.
+            return Some(unsafe { &*self.first.add(off) });
         }
         let dir = self.dir()?;
         // Acquire: pairs with the AcqRel CAS in `ensure_chunk`, so the chunk's slots are
@@ -359,8 +490,9 @@ impl Side {
         (!p.is_null()).then(|| unsafe { &*p.add(off) })
     }
 
+    #[cfg(feature = "alloc")]
     fn ensure_chunk(&self, idx: usize) {
-        let (k, _) = chunk_of(idx);
+        let (k, _) = chunk_of(self.shift(), idx);
         if k == 0 {
             return;
         }
@@ -369,7 +501,8 @@ impl Side {
         if !cell.load(Acquire).is_null() {
             return;
         }
-        let chunk: Box<[Slot]> = (0..chunk_len(k)).map(|_| Slot::new()).collect();
+        let len = chunk_len(self.shift(), k);
+        let chunk: Box<[Slot]> = (0..len).map(|_| Slot::new()).collect();
         let raw = Box::into_raw(chunk) as *mut Slot;
         track(1);
         // AcqRel: Release publishes the initialised chunk to `slot`'s Acquire; Acquire on
@@ -380,7 +513,7 @@ impl Side {
         {
             // SAFETY: `raw` came from `Box::into_raw` of a slice of this length just above
             // and was never shared.
-            drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(raw, chunk_len(k))) });
+            drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(raw, len)) });
             track(-1);
         }
     }
@@ -392,6 +525,7 @@ impl Side {
         (!d.is_null()).then(|| unsafe { &*d })
     }
 
+    #[cfg(feature = "alloc")]
     fn ensure_dir(&self) -> &Dir {
         if let Some(d) = self.dir() {
             return d;
@@ -427,11 +561,12 @@ impl Side {
         // Relaxed: uniqueness comes from the RMW; the walker sees the new length through
         // the fences of invariant 5 (this is sequenced before the registrant's fence).
         let idx = self.len.fetch_add(1, Relaxed);
-        if idx >= CAPACITY {
+        if idx >= capacity(self.shift()) {
             // Walkers skip indexes past the last chunk (`slot` returns `None`).
             self.len.fetch_sub(1, Relaxed);
             return None;
         }
+        #[cfg(feature = "alloc")]
         self.ensure_chunk(idx);
         Some(idx)
     }
@@ -508,15 +643,26 @@ impl Drop for Side {
         if d.is_null() {
             return;
         }
+        #[cfg(not(feature = "alloc"))]
+        unreachable!("no directory without alloc");
+        #[cfg(feature = "alloc")]
+        self.free_dir(d);
+    }
+}
+
+impl Side {
+    #[cfg(feature = "alloc")]
+    fn free_dir(&mut self, d: *mut Dir) {
         // SAFETY: allocated by `ensure_dir`; we are its last user.
         let dir = unsafe { Box::from_raw(d) };
         track(-1);
         for (j, cell) in dir.chunks.iter().enumerate() {
             let p = cell.load(Relaxed); // Relaxed: as above.
             if !p.is_null() {
+                let len = chunk_len(self.shift(), j + 1);
                 // SAFETY: allocated by `ensure_chunk` with this length; the owner is being
                 // freed, so nobody else can reach the chunk (invariant 3).
-                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, chunk_len(j + 1))) });
+                drop(unsafe { Box::from_raw(ptr::slice_from_raw_parts_mut(p, len)) });
                 track(-1);
             }
         }
@@ -681,7 +827,8 @@ fn resolve<'a>(mut n: NonNull<CancelNode>, mut st: *mut CauseRecord) -> (Error, 
                 // SAFETY: this state is only stored on deadline nodes; `n` is the raw
                 // pointer of the allocation, alive by invariant 2.
                 let te = unsafe { time_ext(n.cast()) };
-                let cause = te.cause.as_deref().expect("state says a cause exists");
+                let cause = te.cause.as_ref().map(cause_ref);
+                let cause = cause.expect("state says a cause exists");
                 return (Error::DeadlineExceeded, cause);
             }
             INH_CANCELLED | INH_DEADLINE => {
@@ -697,7 +844,7 @@ fn resolve<'a>(mut n: NonNull<CancelNode>, mut st: *mut CauseRecord) -> (Error, 
                 // SAFETY: a record pointer stays valid while its node lives (freed in
                 // `free`), and `n` is alive (invariant 2).
                 let rec = unsafe { &*st };
-                return (rec.reason, &*rec.cause);
+                return (rec.reason, cause_ref(&rec.cause));
             }
         }
     }
@@ -724,12 +871,22 @@ impl CancelNode {
         (!p.is_null()).then(|| unsafe { &*p })
     }
 
+    /// The node's table; a heap node allocates it on first use. (A user node's table is
+    /// installed before the node is published.)
     pub(crate) fn ensure_side(&self) -> &Side {
         if let Some(s) = self.side() {
             return s;
         }
-        let new = Box::into_raw(Box::new(Side::new()));
-        track(1);
+        #[cfg(not(feature = "alloc"))]
+        unreachable!("without alloc every cancel node is a user node, born with its table");
+        #[cfg(feature = "alloc")]
+        self.install_heap_side()
+    }
+
+    #[cfg(feature = "alloc")]
+    #[cold]
+    fn install_heap_side(&self) -> &Side {
+        let new = Side::new_heap();
         // AcqRel: Release publishes the initialised table; Acquire (also on failure) sees
         // the winner's. Ordering against cancel comes from the fences of invariants 5, 6.
         match self
@@ -740,8 +897,7 @@ impl CancelNode {
             Ok(_) => unsafe { &*new },
             Err(winner) => {
                 // SAFETY: `new` was never shared.
-                drop(unsafe { Box::from_raw(new) });
-                track(-1);
+                unsafe { Side::free_heap(new) };
                 // SAFETY: as above for the winner's.
                 unsafe { &*winner }
             }
@@ -775,6 +931,9 @@ fn inherit(st: *mut CauseRecord) -> *mut CauseRecord {
 
 /// Takes one more handle on a live node.
 pub(crate) fn acquire_handle(l: &Link) {
+    if l.storage == Storage::User {
+        return; // kept alive by borrows (invariant 8)
+    }
     // Relaxed: as `Arc::clone`: the caller already holds a handle, nothing is published.
     let prev = l.refs.fetch_add(HANDLE, Relaxed);
     if prev > MAX_REFS {
@@ -809,6 +968,9 @@ pub(crate) unsafe fn release_handle(mut l: NonNull<Link>) {
     loop {
         // SAFETY: we own a handle, so the memory is live (invariant 1).
         let link = unsafe { l.as_ref() };
+        if link.storage == Storage::User {
+            return; // handles on user nodes are not counted (invariant 8)
+        }
         // Release: our uses of the node happen-before whoever frees it (Acquire below).
         let prev = link.refs.fetch_sub(HANDLE, Release);
         debug_assert!(prev >= HANDLE);
@@ -845,7 +1007,14 @@ pub(crate) unsafe fn release_handle(mut l: NonNull<Link>) {
 /// The caller owns that reference.
 unsafe fn release_registered(l: NonNull<Link>) {
     // SAFETY: the reference keeps the memory live.
-    let prev = unsafe { l.as_ref() }.refs.fetch_sub(MEM_REGISTERED, AcqRel);
+    let link = unsafe { l.as_ref() };
+    if link.storage == Storage::User {
+        // Release: our last access to the node; its detach (Acquire) may reuse the
+        // storage once it sees the bit clear (invariant 8). Nothing to free.
+        link.refs.fetch_sub(MEM_REGISTERED, Release);
+        return;
+    }
+    let prev = link.refs.fetch_sub(MEM_REGISTERED, AcqRel);
     if prev == MEM_REGISTERED {
         // SAFETY: refs reached zero (invariant 1).
         if let Some(next) = unsafe { free(l) } {
@@ -904,6 +1073,16 @@ unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
             _ => l.cast::<Header>().as_ref().parent.map(NonNull::cast),
         };
         let guard = ReleaseOnUnwind(up);
+        debug_assert_eq!(
+            l.as_ref().storage,
+            Storage::Heap,
+            "user nodes are never freed"
+        );
+        #[cfg(not(feature = "alloc"))]
+        let _ = kind;
+        #[cfg(not(feature = "alloc"))]
+        unreachable!("no heap nodes without alloc");
+        #[cfg(feature = "alloc")]
         match kind {
             Kind::Cancel => {
                 let n = Box::from_raw(l.cast::<CancelNode>().as_ptr());
@@ -936,20 +1115,35 @@ unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
 /// # Safety
 /// The node is being freed by its last user.
 unsafe fn free_cancel_parts(n: &CancelNode) {
+    /// Frees (heap) or drops in place (user storage) the table, also while unwinding.
+    struct DropSide(*mut Side, Storage);
+    impl Drop for DropSide {
+        fn drop(&mut self) {
+            match self.1 {
+                #[cfg(feature = "alloc")]
+                // SAFETY: a heap node's table came from `Side::new_heap`; its node is going.
+                Storage::Heap => unsafe { Side::free_heap(self.0) },
+                #[cfg(not(feature = "alloc"))]
+                Storage::Heap => unreachable!("no heap nodes without alloc"),
+                // SAFETY: a user node's table lives in its storage, which is going.
+                Storage::User => unsafe { ptr::drop_in_place(self.0) },
+            }
+        }
+    }
     let st = n.state.load(Relaxed);
     if is_record(st) {
         // SAFETY: records are owned by their node and freed only here.
-        drop(unsafe { Box::from_raw(st) });
+        unsafe { drop_record(st) };
     }
     let side = n.side.load(Relaxed);
     if side.is_null() {
         return;
     }
+    let _free = DropSide(side, n.header.link.storage);
     // SAFETY: published sides are owned by the node.
-    let side = unsafe { Box::from_raw(side) };
-    track(-1);
+    let s = unsafe { &*side };
     let mut idx = 0;
-    while let Some(entry) = side.take_from(&mut idx) {
+    while let Some(entry) = s.take_from(&mut idx) {
         // SAFETY: we took the slot's reference. A callback entry holds a handle on us, so
         // none can be left here; anything else would be a bug, caught in debug builds.
         debug_assert_eq!(unsafe { entry.as_ref() }.kind, Kind::Callback);
@@ -972,7 +1166,6 @@ struct Derive {
 /// Pointers that may end up freeing a node are always the raw pointers of the allocation
 /// (never re-derived from references), so they keep the permission to deallocate.
 fn derive_from(parent: Option<NonNull<Header>>) -> Derive {
-    track(1); // every caller allocates exactly one node
     match parent {
         None => Derive {
             parent: None,
@@ -1003,7 +1196,6 @@ fn derive_from(parent: Option<NonNull<Header>>) -> Derive {
 /// # Safety
 /// `d` came from `derive_from` and no node was built from it.
 unsafe fn undo_derive(d: &Derive) {
-    track(-1);
     if let Some(p) = d.parent {
         // SAFETY: the handle `derive_from` took.
         unsafe { release_handle(p.cast()) };
@@ -1015,11 +1207,12 @@ fn too_many_children() -> ! {
     panic!("kontext: too many live children and callbacks registered with one context")
 }
 
-fn header(kind: Kind, refs: usize, slot: u32, d: &Derive) -> Header {
+fn header(kind: Kind, storage: Storage, refs: usize, slot: u32, d: &Derive) -> Header {
     Header {
         link: Link {
             refs: AtomicUsize::new(refs),
             kind,
+            storage,
             slot,
         },
         parent: d.parent,
@@ -1067,17 +1260,77 @@ fn publish(owner: &CancelNode, side: &Side, idx: usize, l: NonNull<Link>) -> boo
 }
 
 /// Moves a node to the heap; the returned pointer keeps the allocation's full permissions.
+#[cfg(feature = "alloc")]
 fn alloc_node<N>(n: N) -> NonNull<N> {
+    track(1);
     // SAFETY: `Box::into_raw` never returns null.
     unsafe { NonNull::new_unchecked(Box::into_raw(Box::new(n))) }
 }
 
-/// A new cancel node below `parent`, optionally with its own deadline; returns it with two
-/// handles (the context's and the cancel handle's).
+/// Where a new cancel node's memory comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Place {
+    /// A new heap allocation, returned with two handles (the context's and the cancel
+    /// handle's).
+    #[cfg(feature = "alloc")]
+    Heap,
+    /// User storage (invariant 8): `node` is uninitialised memory for a `CancelNode` (or,
+    /// with a deadline, a `DeadlineNode`); `side` a table made by `Side::init_in_place`.
+    User {
+        node: NonNull<u8>,
+        side: NonNull<Side>,
+    },
+}
+
+/// A deadline for a new cancel node: nanoseconds on `clock`, and the cause it reports.
+pub(crate) type DeadlineSpec = (u64, &'static dyn Clock, Option<OwnedCause>);
+
+/// Writes a node to its place.
+///
+/// # Safety
+/// A `User` place is valid for writes of an `N` and not in use.
+unsafe fn place_node<N>(place: Place, n: N) -> NonNull<N> {
+    match place {
+        #[cfg(feature = "alloc")]
+        Place::Heap => alloc_node(n),
+        Place::User { node, .. } => {
+            let p = node.cast::<N>();
+            // SAFETY: the caller guarantees the storage.
+            unsafe { p.as_ptr().write(n) };
+            p
+        }
+    }
+}
+
+/// A new heap cancel node below `parent`, optionally with its own deadline; returns it
+/// with two handles (the context's and the cancel handle's).
+#[cfg(feature = "alloc")]
 pub(crate) fn new_cancel(
     parent: Option<NonNull<Header>>,
-    deadline: Option<(u64, &'static dyn Clock, Option<Box<Cause>>)>,
+    deadline: Option<DeadlineSpec>,
 ) -> NonNull<CancelNode> {
+    // SAFETY: a heap place needs nothing from the caller.
+    unsafe { new_cancel_in(parent, deadline, Place::Heap) }
+}
+
+/// A new cancel node below `parent`, optionally with its own deadline, in `place`: the
+/// one construction path of heap and user nodes (the rest of the algorithm only tells
+/// them apart when counting handles and freeing).
+///
+/// # Safety
+/// - The caller holds a handle on `parent` (or, if `parent` is a user node, a borrow of
+///   its storage that outlives the new node).
+/// - A `User` place is as `Place::User` says, pinned until `detach_user` has returned.
+pub(crate) unsafe fn new_cancel_in(
+    parent: Option<NonNull<Header>>,
+    deadline: Option<DeadlineSpec>,
+    place: Place,
+) -> NonNull<CancelNode> {
+    let (storage, side) = match place {
+        #[cfg(feature = "alloc")]
+        Place::Heap => (Storage::Heap, ptr::null_mut()),
+        Place::User { side, .. } => (Storage::User, side.as_ptr()),
+    };
     let d = derive_from(parent);
     // SAFETY: invariant 2 (the parent handle we just took keeps the owner alive).
     let owner = d.state_src.map(|o| unsafe { &*o.as_ptr() });
@@ -1087,32 +1340,42 @@ pub(crate) fn new_cancel(
         unsafe { undo_derive(&d) };
         too_many_children();
     }
-    let (slot, mem) = match j {
-        Join::Registered(_, idx) => (idx as u32, MEM_COLLECTIVE | MEM_REGISTERED),
-        _ => (NO_SLOT, MEM_COLLECTIVE),
+    let (slot, registered) = match j {
+        Join::Registered(_, idx) => (idx as u32, MEM_REGISTERED),
+        _ => (NO_SLOT, 0),
     };
-    let refs = 2 * HANDLE + mem;
+    let refs = match storage {
+        Storage::Heap => 2 * HANDLE + MEM_COLLECTIVE + registered,
+        Storage::User => registered,
+    };
     let state = match j {
         Join::Born(st) => st,
         _ => sentinel(LIVE),
     };
     let node = |kind| CancelNode {
-        header: header(kind, refs, slot, &d),
+        header: header(kind, storage, refs, slot, &d),
         state: AtomicPtr::new(state),
-        side: AtomicPtr::new(ptr::null_mut()),
+        side: AtomicPtr::new(side),
     };
     let p: NonNull<CancelNode> = match deadline {
-        None => alloc_node(node(Kind::Cancel)),
+        // SAFETY: the caller guarantees a user place fits the node.
+        None => unsafe { place_node(place, node(Kind::Cancel)) },
         Some((deadline, clock, cause)) => {
             let time = TimeExt {
                 deadline,
                 clock,
                 cause,
             };
-            let p = alloc_node(DeadlineNode {
-                node: node(Kind::Deadline),
-                time,
-            });
+            // SAFETY: as above.
+            let p = unsafe {
+                place_node(
+                    place,
+                    DeadlineNode {
+                        node: node(Kind::Deadline),
+                        time,
+                    },
+                )
+            };
             // SAFETY: fresh and unshared; every `#[repr(C)]` node starts with its header.
             unsafe { (*p.as_ptr()).node.header.time_src = Some(p.cast()) };
             p.cast()
@@ -1129,6 +1392,43 @@ pub(crate) fn new_cancel(
     p
 }
 
+/// Takes a user cancel node out of the tree before its storage goes (invariant 8).
+///
+/// # Safety
+/// `n` came from `new_cancel_in` with a `User` place and is detached once. Nothing
+/// borrows it any more: its user children are detached, its waiters gone.
+pub(crate) unsafe fn detach_user(n: NonNull<CancelNode>) {
+    // SAFETY: the storage is still in place.
+    let node = unsafe { n.as_ref() };
+    let h = &node.header;
+    if h.link.slot != NO_SLOT {
+        let owner = owner_of(h).expect("a registered node has an owner");
+        if !unregister(owner, n.cast(), h.link.slot) {
+            // A cancel walker took our slot first: it may still be walking our table or
+            // waking our waiters. It clears `MEM_REGISTERED` as its last access; bounded
+            // by its progress (it runs no user code of ours: our callbacks and waiters are
+            // gone, by the caller's guarantee).
+            // Acquire: pairs with the Release in `release_registered`.
+            while h.link.refs.load(Acquire) & MEM_REGISTERED != 0 {
+                crate::sync::spin_hint();
+            }
+        }
+    }
+    let parent = h.parent;
+    // SAFETY: nobody can reach the node now; its table and record are ours to drop.
+    unsafe { free_cancel_parts(node) };
+    if h.link.kind == Kind::Deadline {
+        // A deadline node's `TimeExt` owns its cause. SAFETY: as above; `n` is the storage's
+        // own pointer, valid for the whole `DeadlineNode`.
+        unsafe { ptr::drop_in_place(ptr::addr_of_mut!((*n.cast::<DeadlineNode>().as_ptr()).time)) };
+    }
+    if let Some(p) = parent {
+        // SAFETY: the handle this node held (a no-op on a user parent).
+        unsafe { release_handle(p.cast()) };
+    }
+}
+
+#[cfg(feature = "alloc")]
 pub(crate) fn new_value<T: Send + Sync + 'static>(
     parent: Option<NonNull<Header>>,
     value: T,
@@ -1140,7 +1440,13 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
     let d = derive_from(parent);
     alloc_node(ValueNode {
         head: ValueHead {
-            header: header(Kind::Value, HANDLE + MEM_COLLECTIVE, NO_SLOT, &d),
+            header: header(
+                Kind::Value,
+                Storage::Heap,
+                HANDLE + MEM_COLLECTIVE,
+                NO_SLOT,
+                &d,
+            ),
             type_id: TypeId::of::<T>(),
             drop: drop_value::<T>,
         },
@@ -1149,6 +1455,82 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
     .cast::<Header>()
 }
 
+/// Writes a user value node below `parent` into `place` (invariant 8).
+///
+/// # Safety
+/// As `new_cancel_in`'s for `parent`; `place` is valid for writes of a `ValueNode<T>`
+/// and pinned until `detach_user_value`.
+pub(crate) unsafe fn new_value_in<T: Send + Sync + 'static>(
+    parent: Option<NonNull<Header>>,
+    value: T,
+    place: NonNull<ValueNode<T>>,
+) -> NonNull<Header> {
+    unsafe fn never(_: NonNull<Header>) {
+        unreachable!("user value nodes are never freed by the tree");
+    }
+    let d = derive_from(parent);
+    // SAFETY: the caller guarantees the place.
+    unsafe {
+        place.as_ptr().write(ValueNode {
+            head: ValueHead {
+                header: header(Kind::Value, Storage::User, 0, NO_SLOT, &d),
+                type_id: TypeId::of::<T>(),
+                drop: never,
+            },
+            value,
+        })
+    };
+    place.cast()
+}
+
+/// Writes a user clock root (no parent) into `place` (invariant 8).
+///
+/// # Safety
+/// `place` is valid for writes of a `ClockNode` and pinned while anything uses the node.
+pub(crate) unsafe fn new_clock_root_in(
+    clock: &'static dyn Clock,
+    place: NonNull<ClockNode>,
+) -> NonNull<Header> {
+    let d = derive_from(None);
+    let p = place.cast::<Header>();
+    // SAFETY: the caller guarantees the place.
+    unsafe {
+        place.as_ptr().write(ClockNode {
+            header: header(Kind::Clock, Storage::User, 0, NO_SLOT, &d),
+            time: TimeExt {
+                deadline: Instant::NEVER,
+                clock,
+                cause: None,
+            },
+        });
+        (*place.as_ptr()).header.time_src = Some(p);
+    }
+    p
+}
+
+/// Drops a user value node's value and gives back its handle on the parent.
+///
+/// # Safety
+/// `n` came from `new_value_in` and is detached once; nothing borrows it any more.
+pub(crate) unsafe fn detach_user_value<T>(n: NonNull<ValueNode<T>>) {
+    // SAFETY: the storage is still in place.
+    let parent = unsafe { n.as_ref() }.head.header.parent;
+    /// Gives back the parent handle even if the value's `Drop` panics.
+    struct Release(Option<NonNull<Header>>);
+    impl Drop for Release {
+        fn drop(&mut self) {
+            if let Some(p) = self.0 {
+                // SAFETY: the handle the value node held.
+                unsafe { release_handle(p.cast()) };
+            }
+        }
+    }
+    let _release = Release(parent);
+    // SAFETY: the caller's guarantee; the value is dropped exactly once.
+    unsafe { ptr::drop_in_place(ptr::addr_of_mut!((*n.as_ptr()).value)) };
+}
+
+#[cfg(feature = "alloc")]
 /// A node that fixes the clock for its subtree and cuts it off from the parent's
 /// cancellation and deadline (`detached`), or a clock root (`parent == None`).
 pub(crate) fn new_clock(
@@ -1164,7 +1546,13 @@ pub(crate) fn new_clock(
     let mut d = derive_from(parent);
     d.state_src = None;
     let p = alloc_node(ClockNode {
-        header: header(Kind::Clock, HANDLE + MEM_COLLECTIVE, NO_SLOT, &d),
+        header: header(
+            Kind::Clock,
+            Storage::Heap,
+            HANDLE + MEM_COLLECTIVE,
+            NO_SLOT,
+            &d,
+        ),
         time: TimeExt {
             deadline: Instant::NEVER,
             clock: clock.unwrap_or(&NoClock),
@@ -1181,14 +1569,20 @@ pub(crate) fn new_clock(
 // Cancellation (invariants 4, 5, 6, 7)
 
 /// Builds the state a cancel with this reason and cause stores.
+#[cfg(feature = "alloc")]
 pub(crate) fn cancel_state(reason: Error, cause: Option<Box<Cause>>) -> *mut CauseRecord {
     match cause {
         Some(cause) => Box::into_raw(Box::new(CauseRecord { reason, cause })),
-        None => sentinel(match reason {
-            Error::DeadlineExceeded => DEADLINE,
-            _ => CANCELLED,
-        }),
+        None => reason_state(reason),
     }
+}
+
+/// The state a cancel with this reason and no cause stores.
+pub(crate) fn reason_state(reason: Error) -> *mut CauseRecord {
+    sentinel(match reason {
+        Error::DeadlineExceeded => DEADLINE,
+        _ => CANCELLED,
+    })
 }
 
 /// Observes an expired deadline: cancels the deadline's owner with `DeadlineExceeded`.
@@ -1239,7 +1633,7 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
     if !cas_then_fence(&r.state, sentinel(LIVE), state) {
         if is_record(state) {
             // SAFETY: the record was ours and was never published.
-            drop(unsafe { Box::from_raw(state) });
+            unsafe { drop_record(state) };
         }
         return false;
     }
@@ -1412,6 +1806,7 @@ unsafe fn run_callback(l: NonNull<Link>, panics: &mut Panics) -> bool {
     true
 }
 
+#[cfg(feature = "alloc")]
 /// Registers `f` to run when `ctx` is done. Returns the entry (with one handle for the
 /// caller) or `None` when `ctx` can never be cancelled, or ran `f` already because it was.
 pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
@@ -1457,12 +1852,12 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
         too_many_children()
     };
     acquire_handle(&owner.header.link);
-    track(1);
     let e = alloc_node(CallbackEntry {
         head: CallbackHead {
             link: Link {
                 refs: AtomicUsize::new(HANDLE + MEM_COLLECTIVE + MEM_REGISTERED),
                 kind: Kind::Callback,
+                storage: Storage::Heap,
                 slot: idx as u32,
             },
             state: AtomicUsize::new(CB_PENDING),
@@ -1490,6 +1885,7 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
     Some(l)
 }
 
+#[cfg(feature = "alloc")]
 /// Stops a callback: true if this prevented it from running.
 ///
 /// # Safety
@@ -1518,6 +1914,7 @@ pub(crate) unsafe fn stop_callback(l: NonNull<Link>) -> bool {
     true
 }
 
+#[cfg(feature = "alloc")]
 /// Whether a callback entry ran.
 ///
 /// # Safety
@@ -1577,16 +1974,33 @@ mod tests {
 
     #[test]
     fn chunk_math() {
-        assert_eq!(chunk_of(0), (0, 0));
-        assert_eq!(chunk_of(BASE - 1), (0, BASE - 1));
-        assert_eq!(chunk_of(BASE), (1, 0));
-        assert_eq!(chunk_of(3 * BASE - 1), (1, 2 * BASE - 1));
-        assert_eq!(chunk_of(3 * BASE), (2, 0));
+        for shift in [0u32, 1, 2, 5] {
+            let base = 1usize << shift;
+            assert_eq!(chunk_of(shift, 0), (0, 0));
+            assert_eq!(chunk_of(shift, base - 1), (0, base - 1));
+            assert_eq!(chunk_of(shift, base), (1, 0));
+            assert_eq!(chunk_of(shift, 3 * base - 1), (1, 2 * base - 1));
+            assert_eq!(chunk_of(shift, 3 * base), (2, 0));
+            assert_eq!(chunk_len(shift, 2), 4 * base);
+        }
+    }
+
+    #[test]
+    fn capacity_never_overflows_and_fits_the_free_list() {
+        for shift in 0..=15 {
+            let cap = capacity(shift);
+            assert!(cap >= 1 << shift);
+            #[allow(clippy::unnecessary_cast)] // `Word` is `u64` on some targets only
+            let mask = IDX_MASK as u64;
+            assert!((cap as u64) < mask);
+        }
     }
 
     #[test]
     fn free_list_reuses_indexes() {
-        let side = Side::new();
+        let raw = Side::new_heap();
+        // SAFETY: just made; freed at the end of the test.
+        let side = unsafe { &*raw };
         let a = side.claim().unwrap();
         let b = side.claim().unwrap();
         assert_ne!(a, b);
@@ -1603,5 +2017,7 @@ mod tests {
         for _ in 0..100 {
             assert!(side.claim().unwrap() < 102);
         }
+        // SAFETY: from `new_heap`, no longer used.
+        unsafe { Side::free_heap(raw) };
     }
 }

@@ -1,0 +1,550 @@
+//! Contexts in memory you provide: in a `static`, in a task's future, or on a stack. No
+//! allocator is needed, so this is how microcontrollers without a heap use kontext.
+//!
+//! Each type here is the storage of one context node. Create it empty (`const fn new`, so
+//! it can be a `static`), pin it, and [attach](CancelNode::attach) it below a parent: that
+//! returns the node's `&Ctx`, which can be checked, waited on and passed down like any
+//! context, and parent to further nodes.
+//!
+//! ```
+//! use core::pin::pin;
+//! use kontext::node::CancelNode;
+//! use kontext::Ctx;
+//!
+//! let request = pin!(CancelNode::<4>::new());
+//! let ctx: &Ctx = request.as_ref().attach(Ctx::background());
+//!
+//! let step = pin!(CancelNode::<4>::new());
+//! let step_ctx = step.as_ref().attach(ctx);
+//!
+//! request.cancel();
+//! assert!(step_ctx.is_cancelled());
+//! ```
+//!
+//! # One algorithm, two kinds of memory
+//! A node attached here is the very node a heap [`Context`](crate::Context) uses: the same
+//! registration in the parent's table, the same cancel walk, waiters and lazy deadlines.
+//! The tree only tells the two apart when counting handles (a node here is kept alive by
+//! borrows, so it is not counted) and when freeing (it never frees one: dropping the
+//! storage detaches the node). See `tree`'s invariant 8.
+//!
+//! # Lifetimes make misuse a compile error
+//! - A node borrows its parent for `'p` (the type's lifetime parameter), and its storage
+//!   has a `Drop`, so the storage must go before the parent does.
+//! - The `&Ctx` that [`attach`](CancelNode::attach) returns borrows the storage, so the
+//!   storage outlives every child, waiter and `&Ctx` made from it.
+//! - Nothing turns a borrowed `&Ctx` into an owned [`Context`](crate::Context) except
+//!   [`Context::from_static`](crate::Context::from_static), which needs `'static`.
+//!
+//! ```compile_fail
+//! use core::pin::pin;
+//! use kontext::{node::CancelNode, Ctx};
+//!
+//! let child = pin!(CancelNode::<4>::new());
+//! {
+//!     let parent = pin!(CancelNode::<4>::new());
+//!     let p = parent.as_ref().attach(Ctx::background());
+//!     child.as_ref().attach(p); // error: `parent` does not live long enough
+//! }
+//! ```
+//!
+//! # Capacity
+//! A node's table holds its live children (and, on a heap tree, callbacks). Here it is
+//! inline: `N` slots (a power of two). Without the `alloc` feature a node with `N` live
+//! children cannot take another: attaching one more panics ("too many live children").
+//! Size `N` for the tasks you run below a node. With `alloc`, a full table grows on the
+//! heap instead.
+//!
+//! # Dropping
+//! Dropping an attached node detaches it from its parent. If a cancel walk (from another
+//! thread, or an interrupt handler) is inside the node at that moment, the drop waits for
+//! the walk to leave it: a few instructions, bounded by that walk's progress. On a single
+//! core, do not drop nodes from an interrupt handler that may have preempted a cancel of
+//! the same tree.
+
+use core::cell::UnsafeCell;
+use core::fmt;
+use core::marker::{PhantomData, PhantomPinned};
+use core::mem::MaybeUninit;
+use core::pin::Pin;
+use core::ptr::{self, NonNull};
+use core::time::Duration;
+
+use crate::context::Ctx;
+use crate::error::Error;
+use crate::sync::{InitState, Ordering::*};
+use crate::time::{Clock, Instant};
+use crate::tree::{self, Place, Side, Slot};
+
+/// Ties storage to its parent's borrow. Invariant, not covariant: a covariant `'p` would
+/// let `attach` shorten it for the call while the storage's own type (which dropck
+/// checks) kept a longer one, and the storage could then outlive its parent.
+type Invariant<'p> = PhantomData<fn(&'p Ctx) -> &'p Ctx>;
+
+const EMPTY: u8 = 0;
+const ATTACHING: u8 = 1;
+const ATTACHED: u8 = 2;
+
+/// The memory of a cancel or deadline node with an inline table of `N` slots.
+#[repr(C)]
+struct Cells<T, const N: usize> {
+    node: MaybeUninit<T>,
+    side: MaybeUninit<Side>,
+    slots: MaybeUninit<[Slot; N]>,
+}
+
+/// What `CancelNode` and `DeadlineNode` share: the cells, the lent-out `Ctx`, the state.
+struct Core<T, const N: usize> {
+    cells: UnsafeCell<Cells<T, N>>,
+    /// Written once while attaching (before the state says `ATTACHED`), then only read.
+    ctx: UnsafeCell<Ctx>,
+    state: InitState,
+}
+
+impl<T, const N: usize> Core<T, N> {
+    const fn new() -> Self {
+        Core {
+            cells: UnsafeCell::new(Cells {
+                node: MaybeUninit::uninit(),
+                side: MaybeUninit::uninit(),
+                slots: MaybeUninit::uninit(),
+            }),
+            ctx: UnsafeCell::new(Ctx { node: None }),
+            state: InitState::new(EMPTY),
+        }
+    }
+
+    /// The raw pointer of the cells (keeps the permission for the whole storage).
+    fn cells(&self) -> *mut Cells<T, N> {
+        self.cells.get()
+    }
+
+    fn node(&self) -> Option<NonNull<tree::CancelNode>> {
+        // Acquire: pairs with the Release store in `attach`: the node and `ctx` are written.
+        (self.state.load(Acquire) == ATTACHED).then(|| {
+            // SAFETY: `cells` is never null.
+            unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*self.cells()).node).cast()) }
+        })
+    }
+
+    fn ctx(&self) -> Option<&Ctx> {
+        // SAFETY: `ctx` is no longer written once the state is `ATTACHED`.
+        self.node().map(|_| unsafe { &*self.ctx.get() })
+    }
+
+    /// # Safety
+    /// `self` is pinned; `parent` outlives the storage (the caller's `'p`).
+    unsafe fn attach(&self, parent: &Ctx, deadline: Option<tree::DeadlineSpec>) -> &Ctx {
+        // Acquire / Relaxed: only decides who attaches; nothing is read on failure.
+        if self
+            .state
+            .compare_exchange(EMPTY, ATTACHING, Acquire, Relaxed)
+            .is_err()
+        {
+            already_attached();
+        }
+        let cells = self.cells();
+        // SAFETY: we won the state, so nobody else touches the cells; the storage is pinned
+        // (the caller), so the table and node stay where they are written.
+        unsafe {
+            let side = ptr::addr_of_mut!((*cells).side).cast::<Side>();
+            Side::init_in_place(side, ptr::addr_of_mut!((*cells).slots).cast::<Slot>(), N);
+            let node = NonNull::new_unchecked(ptr::addr_of_mut!((*cells).node).cast::<u8>());
+            let place = Place::User {
+                node,
+                side: NonNull::new_unchecked(side),
+            };
+            let n = tree::new_cancel_in(parent.node, deadline, place);
+            *self.ctx.get() = Ctx {
+                node: Some(n.cast()),
+            };
+        }
+        // Release: publishes the node and `ctx` to `node()`'s Acquire.
+        self.state.store(ATTACHED, Release);
+        // SAFETY: written just above, never again.
+        unsafe { &*self.ctx.get() }
+    }
+
+    fn cancel(&self) -> bool {
+        let Some(n) = self.node() else { return false };
+        // SAFETY: attached nodes live until the storage is dropped, which needs `&mut`.
+        let h = unsafe { n.as_ref() }.header();
+        // An expired deadline is observed first (as `CancelHandle::cancel`).
+        if h.is_done() {
+            return false;
+        }
+        tree::cancel(n, tree::reason_state(Error::Cancelled))
+    }
+}
+
+impl<T, const N: usize> Core<T, N> {
+    /// Called by the storage types' `Drop` (which must be theirs, not ours: their `Drop`
+    /// is what makes dropck keep `'p` alive until then).
+    fn detach(&mut self) {
+        if let Some(n) = self.node() {
+            // SAFETY: attached once, detached once (here); `&mut self` means nothing borrows
+            // the storage: no child, waiter or `&Ctx` is left.
+            unsafe { tree::detach_user(n) };
+        }
+        // A panicked attach (table full) built nothing: nothing to undo.
+    }
+}
+
+#[cold]
+#[track_caller]
+fn already_attached() -> ! {
+    panic!("kontext: this node storage is already attached")
+}
+
+/// Storage for a cancellable context (Go's `WithCancel`) with room for `N` live children
+/// (a power of two). Cancel it with [`cancel`](CancelNode::cancel); it is not cancelled
+/// when dropped (the `&Ctx` cannot outlive it anyway).
+///
+/// ```
+/// use core::pin::Pin;
+/// use kontext::{node::CancelNode, Ctx};
+///
+/// // A long-lived root for the whole firmware.
+/// static ROOT: CancelNode<'static, 8> = CancelNode::new();
+///
+/// let root: &'static Ctx = Pin::static_ref(&ROOT).attach(Ctx::background());
+/// assert!(!root.is_cancelled());
+/// ROOT.cancel();
+/// assert!(root.is_cancelled());
+/// ```
+pub struct CancelNode<'p, const N: usize = 4> {
+    core: Core<tree::CancelNode, N>,
+    _parent: Invariant<'p>,
+    _pin: PhantomPinned,
+}
+
+// SAFETY: the node is shared through the tree's atomics; the cells are written once, by
+// the winner of the attach state, before the Release that publishes them.
+unsafe impl<const N: usize> Sync for CancelNode<'_, N> {}
+// SAFETY: as above; moving unattached storage moves nothing shared.
+unsafe impl<const N: usize> Send for CancelNode<'_, N> {}
+
+impl<'p, const N: usize> CancelNode<'p, N> {
+    /// Empty storage; `const`, so it can be a `static`.
+    pub const fn new() -> Self {
+        CancelNode {
+            core: Core::new(),
+            _parent: PhantomData,
+            _pin: PhantomPinned,
+        }
+    }
+
+    /// Makes this a child of `parent` and returns it as a context. A child of a done
+    /// parent is born done.
+    ///
+    /// # Panics
+    /// If already attached, if `N` is not a power of two, or if `parent`'s table is full
+    /// (without `alloc`).
+    pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx) -> &'s Ctx {
+        // SAFETY: pinned by the receiver's type; `parent` lives for `'p`, which the
+        // storage's `Drop` cannot outlive.
+        unsafe { self.get_ref().core.attach(parent, None) }
+    }
+
+    /// The context, once attached.
+    pub fn context(&self) -> Option<&Ctx> {
+        self.core.ctx()
+    }
+
+    /// Cancels the context and every descendant with [`Error::Cancelled`]. Returns `true`
+    /// if this call did it; `false` if it was done already, or is not attached.
+    pub fn cancel(&self) -> bool {
+        self.core.cancel()
+    }
+}
+
+impl<const N: usize> Drop for CancelNode<'_, N> {
+    /// Detaches the node from its parent (see [the module docs](self#dropping)).
+    fn drop(&mut self) {
+        self.core.detach();
+    }
+}
+
+impl<const N: usize> Default for CancelNode<'_, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> fmt::Debug for CancelNode<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelNode")
+            .field("capacity", &N)
+            .field("context", &self.context())
+            .finish()
+    }
+}
+
+/// Storage for a context with a deadline (Go's `WithDeadline` / `WithTimeout`), with room
+/// for `N` live children. The deadline is measured on the tree's clock (its root is a
+/// [`ClockRoot`], or a heap root made by [`Context::with_clock`](crate::Context::with_clock)).
+///
+/// As everywhere in kontext, no timer is armed: the deadline is noticed by whoever checks
+/// or waits (a runtime adapter's waiting arms one timer per waiting task).
+pub struct DeadlineNode<'p, const N: usize = 4> {
+    core: Core<tree::DeadlineNode, N>,
+    _parent: Invariant<'p>,
+    _pin: PhantomPinned,
+}
+
+// SAFETY: as for `CancelNode`.
+unsafe impl<const N: usize> Sync for DeadlineNode<'_, N> {}
+// SAFETY: as for `CancelNode`.
+unsafe impl<const N: usize> Send for DeadlineNode<'_, N> {}
+
+impl<'p, const N: usize> DeadlineNode<'p, N> {
+    /// Empty storage; `const`, so it can be a `static`.
+    pub const fn new() -> Self {
+        DeadlineNode {
+            core: Core::new(),
+            _parent: PhantomData,
+            _pin: PhantomPinned,
+        }
+    }
+
+    /// Makes this a child of `parent` that is done at `deadline`, or at the parent's if
+    /// that is sooner. A deadline already past gives a child that is already done.
+    ///
+    /// # Panics
+    /// As [`CancelNode::attach`]; also if the tree has no clock.
+    pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx, deadline: Instant) -> &'s Ctx {
+        let own = deadline.as_nanos();
+        let inherited = parent.deadline().map_or(u64::MAX, Instant::as_nanos);
+        let spec = (own < inherited).then(|| (own, tree_clock(parent), None));
+        // SAFETY: as in `CancelNode::attach`. Without its own deadline the node is a plain
+        // cancel node, which fits in a deadline node's memory.
+        unsafe { self.get_ref().core.attach(parent, spec) }
+    }
+
+    /// [`attach`](DeadlineNode::attach) with a deadline `timeout` from now on the tree's
+    /// clock (`Duration::MAX` saturates to a deadline never reached).
+    pub fn attach_timeout<'s>(self: Pin<&'s Self>, parent: &'p Ctx, timeout: Duration) -> &'s Ctx {
+        let deadline = tree_clock(parent).now() + timeout;
+        self.attach(parent, deadline)
+    }
+
+    /// The context, once attached.
+    pub fn context(&self) -> Option<&Ctx> {
+        self.core.ctx()
+    }
+
+    /// Cancels the context (before its deadline) and every descendant, as
+    /// [`CancelNode::cancel`].
+    pub fn cancel(&self) -> bool {
+        self.core.cancel()
+    }
+}
+
+impl<const N: usize> Drop for DeadlineNode<'_, N> {
+    /// Detaches the node from its parent (see [the module docs](self#dropping)).
+    fn drop(&mut self) {
+        self.core.detach();
+    }
+}
+
+impl<const N: usize> Default for DeadlineNode<'_, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> fmt::Debug for DeadlineNode<'_, N> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadlineNode")
+            .field("capacity", &N)
+            .field("context", &self.context())
+            .finish()
+    }
+}
+
+#[track_caller]
+fn tree_clock(parent: &Ctx) -> &'static dyn Clock {
+    parent
+        .clock()
+        .expect("kontext: this context tree has no clock (root it in a ClockRoot)")
+}
+
+/// Storage for a context carrying a value of type `T` (Go's `WithValue`, keyed by type).
+/// It shares its parent's cancellation and deadline.
+///
+/// ```
+/// use core::pin::pin;
+/// use kontext::{node::ValueNode, Ctx};
+///
+/// struct TraceId(u64);
+/// let node = pin!(ValueNode::new());
+/// let ctx = node.as_ref().attach(Ctx::background(), TraceId(7));
+/// assert_eq!(ctx.value::<TraceId>().map(|t| t.0), Some(7));
+/// ```
+pub struct ValueNode<'p, T: Send + Sync + 'static> {
+    cell: UnsafeCell<MaybeUninit<tree::ValueNode<T>>>,
+    ctx: UnsafeCell<Ctx>,
+    state: InitState,
+    _parent: Invariant<'p>,
+    _pin: PhantomPinned,
+}
+
+// SAFETY: as for `CancelNode`; the value is `Send + Sync`.
+unsafe impl<T: Send + Sync + 'static> Sync for ValueNode<'_, T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync + 'static> Send for ValueNode<'_, T> {}
+
+impl<'p, T: Send + Sync + 'static> ValueNode<'p, T> {
+    /// Empty storage; `const`, so it can be a `static`.
+    pub const fn new() -> Self {
+        ValueNode {
+            cell: UnsafeCell::new(MaybeUninit::uninit()),
+            ctx: UnsafeCell::new(Ctx { node: None }),
+            state: InitState::new(EMPTY),
+            _parent: PhantomData,
+            _pin: PhantomPinned,
+        }
+    }
+
+    /// Makes this a child of `parent` carrying `value`, and returns it as a context.
+    ///
+    /// # Panics
+    /// If already attached.
+    pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx, value: T) -> &'s Ctx {
+        let this = self.get_ref();
+        // Acquire / Relaxed: as in `CancelNode::attach`.
+        if this
+            .state
+            .compare_exchange(EMPTY, ATTACHING, Acquire, Relaxed)
+            .is_err()
+        {
+            already_attached();
+        }
+        // SAFETY: we won the state; the storage is pinned; `parent` outlives it (`'p`).
+        unsafe {
+            let place = NonNull::new_unchecked(this.cell.get().cast::<tree::ValueNode<T>>());
+            let n = tree::new_value_in(parent.node, value, place);
+            *this.ctx.get() = Ctx { node: Some(n) };
+        }
+        // Release: as in `CancelNode::attach`.
+        this.state.store(ATTACHED, Release);
+        // SAFETY: written just above, never again.
+        unsafe { &*this.ctx.get() }
+    }
+
+    /// The context, once attached.
+    pub fn context(&self) -> Option<&Ctx> {
+        // Acquire: as in `CancelNode::context`.
+        // SAFETY: not written again once attached.
+        (self.state.load(Acquire) == ATTACHED).then(|| unsafe { &*self.ctx.get() })
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for ValueNode<'_, T> {
+    fn drop(&mut self) {
+        if self.context().is_some() {
+            // SAFETY: attached once, detached once; `&mut self`: nothing borrows it.
+            unsafe {
+                tree::detach_user_value(NonNull::new_unchecked(
+                    self.cell.get().cast::<tree::ValueNode<T>>(),
+                ))
+            };
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Default for ValueNode<'_, T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for ValueNode<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ValueNode")
+            .field("context", &self.context())
+            .finish()
+    }
+}
+
+/// Storage for the root of a tree whose deadlines are measured on `clock` (as
+/// [`Context::with_clock`](crate::Context::with_clock), without the heap). Runtime adapters
+/// for microcontrollers give one for their clock.
+///
+/// ```
+/// use core::pin::Pin;
+/// use core::time::Duration;
+/// use kontext::node::{ClockRoot, DeadlineNode};
+/// use kontext::{Ctx, ManualClock};
+///
+/// static CLOCK: ManualClock = ManualClock::new();
+/// static ROOT: ClockRoot = ClockRoot::new(&CLOCK);
+/// let root: &'static Ctx = Pin::static_ref(&ROOT).context();
+///
+/// let send = core::pin::pin!(DeadlineNode::<4>::new());
+/// let ctx = send.as_ref().attach_timeout(root, Duration::from_millis(5));
+/// assert!(!ctx.is_cancelled());
+/// CLOCK.advance(Duration::from_millis(5));
+/// assert!(ctx.is_cancelled());
+/// ```
+pub struct ClockRoot {
+    clock: &'static dyn Clock,
+    cell: UnsafeCell<MaybeUninit<tree::ClockNode>>,
+    ctx: UnsafeCell<Ctx>,
+    state: InitState,
+    _pin: PhantomPinned,
+}
+
+// SAFETY: the clock is `Sync`; the node is written once (see `context`) and then only read.
+unsafe impl Sync for ClockRoot {}
+// SAFETY: as above.
+unsafe impl Send for ClockRoot {}
+
+impl ClockRoot {
+    /// A root on `clock`; `const`, so it can be a `static`.
+    pub const fn new(clock: &'static dyn Clock) -> Self {
+        ClockRoot {
+            clock,
+            cell: UnsafeCell::new(MaybeUninit::uninit()),
+            ctx: UnsafeCell::new(Ctx { node: None }),
+            state: InitState::new(EMPTY),
+            _pin: PhantomPinned,
+        }
+    }
+
+    /// The root context: never cancelled, no deadline, no values, deadlines below it on
+    /// the clock. Built on first use (from any thread: the others wait for it).
+    pub fn context(self: Pin<&Self>) -> &Ctx {
+        let this = self.get_ref();
+        loop {
+            // Acquire / Acquire: the winner builds; a loser that sees `ATTACHED` reads what
+            // the winner's Release published.
+            match this
+                .state
+                .compare_exchange(EMPTY, ATTACHING, Acquire, Acquire)
+            {
+                Ok(_) => {
+                    // SAFETY: we won the state; pinned, so the node stays where it is.
+                    unsafe {
+                        let place = NonNull::new_unchecked(this.cell.get().cast());
+                        let n = tree::new_clock_root_in(this.clock, place);
+                        *this.ctx.get() = Ctx { node: Some(n) };
+                    }
+                    // Release: publishes the node and `ctx`.
+                    this.state.store(ATTACHED, Release);
+                    break;
+                }
+                Err(ATTACHED) => break,
+                Err(_) => crate::sync::spin_hint(),
+            }
+        }
+        // SAFETY: written once before `ATTACHED`, never again.
+        unsafe { &*this.ctx.get() }
+    }
+}
+
+impl fmt::Debug for ClockRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClockRoot").finish_non_exhaustive()
+    }
+}
