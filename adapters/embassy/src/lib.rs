@@ -1,8 +1,54 @@
 //! kontext on embassy: the whole kontext API plus what needs a runtime — a clock from
 //! `embassy_time` and waiting that wakes at a deadline with one `embassy_time::Timer`
-//! (none without a deadline). `#![no_std]`.
+//! (none without a deadline). `#![no_std]`, and no allocator needed.
+//!
+//! # Without a heap
+//! Contexts live in memory you provide ([`node`]): a long-lived root in a `static`, a
+//! scoped child pinned in a task's own future. [`root()`] is the root whose deadlines are
+//! measured on embassy's clock (a `static` [`ClockRoot`](node::ClockRoot), no allocation).
 //!
 //! ```
+//! use core::pin::{pin, Pin};
+//! use core::time::Duration;
+//! use kontext_embassy::node::{CancelNode, DeadlineNode};
+//! use kontext_embassy::{ContextExt, Ctx, Error};
+//! # use embassy_time::MockDriver;
+//!
+//! // The firmware's root: cancelled once, on shutdown. Room for 8 live children.
+//! static SYSTEM: CancelNode<'static, 8> = CancelNode::new();
+//!
+//! async fn send_packet(system: &Ctx) -> Result<(), Error> {
+//!     // A child with a 50 ms deadline, pinned in this task's future; it detaches from
+//!     // `system` when the future ends.
+//!     let send = pin!(DeadlineNode::<4>::new());
+//!     let ctx = send.as_ref().attach_timeout(system, Duration::from_millis(50));
+//! #   MockDriver::get().advance(embassy_time::Duration::from_millis(50));
+//!     // The transmission is stopped (dropped) at the deadline, or on shutdown.
+//!     ctx.run(embassy_time::Timer::after_millis(80)).await
+//! }
+//!
+//! # futures_executor::block_on(async {
+//! let system: &'static Ctx = Pin::static_ref(&SYSTEM).attach(kontext_embassy::root());
+//! assert_eq!(send_packet(system).await, Err(Error::DeadlineExceeded));
+//!
+//! SYSTEM.cancel(); // e.g. from the supervisor task, or an interrupt handler
+//! system.done().await; // Go's `<-ctx.Done()`
+//! assert_eq!(system.err(), Some(Error::Cancelled));
+//! # });
+//! ```
+//!
+//! Without the `alloc` feature a node holds at most `N` live children (its const
+//! parameter, a power of two): size it for the tasks below it. Without `alloc` there are
+//! no custom cancel causes (contexts report [`Error::Cancelled`] or
+//! [`Error::DeadlineExceeded`]); carry more with a [`ValueNode`](node::ValueNode).
+//!
+//! # With a heap
+//! With the `alloc` feature (and a global allocator such as `embedded-alloc`) kontext's
+//! heap API works too: `background()`, then `child`, `with_timeout`, `with_value`,
+//! `on_cancel` and causes, as on any runtime.
+//!
+#![cfg_attr(feature = "alloc", doc = "```")]
+#![cfg_attr(not(feature = "alloc"), doc = "```ignore")]
 //! use core::time::Duration;
 //! use kontext_embassy::{ContextExt, Error};
 //! # use embassy_time::MockDriver;
@@ -10,20 +56,25 @@
 //! let root = kontext_embassy::background();
 //! let (radio, _cancel) = root.with_timeout(Duration::from_millis(50));
 //! # MockDriver::get().advance(embassy_time::Duration::from_millis(50));
-//! // Waits for the radio's deadline with one embassy timer (none without a deadline).
 //! radio.done().await;
 //! assert_eq!(radio.err(), Some(Error::DeadlineExceeded));
 //! # });
 //! ```
 //!
-//! Status (issue 6): this first increment runs on the heap API (`alloc`: a global
-//! allocator such as `embedded-alloc`). Contexts in `static` and pinned storage, without
-//! any allocator, are the next step (see `notes/issue-6-design.md`).
+//! # Features
+//! - `alloc`: kontext's heap API and `background()` (needs a global allocator).
+//! - `critical-section`: wait lists guarded by a critical section, so interrupt handlers
+//!   may cancel contexts (the firmware picks the implementation).
+//!
+//! On chips without compare-and-swap (thumbv6m) kontext's atomics come from
+//! `portable-atomic`: the firmware enables `portable-atomic/critical-section` (a library
+//! never does).
 
 #![no_std]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use core::future::Future;
+use core::pin::Pin;
 use core::time::Duration;
 
 pub use kontext::*;
@@ -35,10 +86,25 @@ pub type DoneOwned = rt::DoneOwned<EmbassyTimer>;
 /// [`kontext::rt::Run`] with embassy's timer.
 pub type Run<'a, F> = rt::Run<'a, EmbassyTimer, F>;
 
-/// A root whose descendants measure deadlines on embassy's clock ([`EmbassyClock`]).
-/// Use it instead of [`Context::background`] (which has no clock without `std`).
+/// The storage of [`root()`]: a root on embassy's clock, built on first use.
+static ROOT: node::ClockRoot = node::ClockRoot::new(&EmbassyClock);
+
+/// The root of a tree whose deadlines are measured on embassy's clock ([`EmbassyClock`]):
+/// never cancelled, no deadline, no values. In `static` storage: allocates nothing. Attach
+/// [`node`]s below it (or use [`Context::from_static`] to derive heap children, with
+/// `alloc`). Use it instead of [`Ctx::background`], which has no clock without `std`.
+pub fn root() -> &'static Ctx {
+    Pin::static_ref(&ROOT).context()
+}
+
+/// [`root()`] as an owned [`Context`], for kontext's heap API (`child`, `with_timeout`,
+/// ...): a root whose descendants measure deadlines on embassy's clock ([`EmbassyClock`]).
+/// Use it instead of [`Context::background`] (which has no clock without `std`). The root
+/// itself allocates nothing; its descendants are heap nodes.
+#[cfg(feature = "alloc")]
+#[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
 pub fn background() -> Context {
-    Context::with_clock(&EmbassyClock)
+    Context::from_static(root())
 }
 
 /// `embassy_time::Instant` (time since boot, from the firmware's time driver) as a
@@ -117,8 +183,8 @@ impl rt::Timer for EmbassyTimer {
 }
 
 /// The runtime half of a context on embassy, for every context: implemented for [`Ctx`],
-/// so a `Context` has it too (through `Deref`), and so will contexts kept in static or
-/// pinned storage.
+/// so it works on the `&Ctx` of a static or pinned [`node`] and on a `Context` (through
+/// `Deref`).
 pub trait ContextExt {
     /// Completes when the context is done, waking at its deadline (one embassy timer, only
     /// if it has one). Go's `<-ctx.Done()`.
@@ -146,7 +212,8 @@ impl ContextExt for Ctx {
     }
 }
 
-/// What needs an owned [`Context`] (a clone kept inside the future).
+/// What needs an owned [`Context`] (a clone kept inside the future). A `Context` exists
+/// without `alloc` too: [`Context::from_static`] of a `static` node's context.
 pub trait ContextOwnedExt {
     /// [`done`](ContextExt::done) owning a clone of the context (for `'static` futures).
     fn done_owned(&self) -> DoneOwned;

@@ -1,5 +1,8 @@
 //! kontext-embassy on embassy-time's mock driver: a process-global clock the tests advance
-//! by hand (so the tests take turns on it, each starting from a reset clock).
+//! by hand (so the tests take turns on it, each starting from a reset clock). The heap API:
+//! `cargo test -p kontext-embassy --features alloc`. Static and pinned nodes: `nodes.rs`.
+
+#![cfg(feature = "alloc")]
 
 use core::future::Future;
 use core::pin::{pin, Pin};
