@@ -180,10 +180,15 @@ impl<T, const N: usize> Core<T, N> {
 impl<T, const N: usize> Core<T, N> {
     /// Called by the storage types' `Drop` (which must be theirs, not ours: their `Drop`
     /// is what makes dropck keep `'p` alive until then).
-    fn detach(&mut self) {
+    ///
+    /// Takes `&self`, not `&mut self`: a cancel walker on another thread may still be
+    /// inside the node until `detach_user` has waited it out, and a unique borrow of
+    /// memory another thread is accessing would be undefined behaviour. (The storage
+    /// types are `!Unpin`, so their own `Drop`'s `&mut self` does not assert uniqueness.)
+    fn detach(&self) {
         if let Some(n) = self.node() {
-            // SAFETY: attached once, detached once (here); `&mut self` means nothing borrows
-            // the storage: no child, waiter or `&Ctx` is left.
+            // SAFETY: attached once, detached once (our owner's `Drop`); nothing borrows
+            // the storage any more: no child, waiter or `&Ctx` is left.
             unsafe { tree::detach_user(n) };
         }
         // A panicked attach (table full) built nothing: nothing to undo.

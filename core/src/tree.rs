@@ -1996,6 +1996,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "alloc")]
     #[test]
     fn free_list_reuses_indexes() {
         let raw = Side::new_heap();

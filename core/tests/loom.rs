@@ -458,3 +458,69 @@ fn passed_deadline_observed_while_parent_walk_reaches_it() {
         assert_eq!(parent.cause().unwrap().to_string(), "why 1");
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// User-provided storage (`kontext::node`, tree invariant 8)
+
+/// A pinned child (with a pinned grandchild) detaches while its parent's cancel walk may be
+/// inside it: the drop waits for the walker, and nothing is touched after it is gone.
+#[test]
+fn pinned_child_drop_races_parent_walk() {
+    use core::pin::pin;
+    use kontext::node::CancelNode;
+    model(|| {
+        let (parent, cancel) = Context::background().child();
+        let p2 = parent.clone();
+        let t = thread::spawn(move || {
+            let child = pin!(CancelNode::<2>::new());
+            let c = child.as_ref().attach(&p2);
+            let grand = pin!(CancelNode::<2>::new());
+            let g = grand.as_ref().attach(c);
+            // Either not yet reached by the walk, or reached together with its parent.
+            assert!(!g.is_cancelled() || c.is_cancelled());
+            // `grand`, then `child`, are dropped here, possibly mid-walk.
+        });
+        cancel.cancel();
+        t.join().unwrap();
+        assert!(parent.is_cancelled());
+    });
+}
+
+/// A waiter on a user node's context is woken by a cancel from another thread, and the
+/// storage detaches afterwards.
+#[test]
+fn waiter_on_pinned_node_races_cancel() {
+    use kontext::{node::CancelNode, Ctx};
+    model(|| {
+        let node = Arc::new(Box::pin(CancelNode::<'static, 2>::new()));
+        node.as_ref().as_ref().attach(Ctx::background());
+        let n2 = node.clone();
+        let t = thread::spawn(move || {
+            loom::future::block_on(n2.context().unwrap().cancelled());
+        });
+        assert!(node.cancel());
+        t.join().unwrap();
+        assert!(node.context().unwrap().is_cancelled());
+    });
+}
+
+/// A static-like (leaked) user root with a heap child and a pinned child registering
+/// while it is cancelled: both are reached; heap nodes are freed as usual.
+#[test]
+fn static_root_with_heap_and_pinned_children_races_cancel() {
+    use core::pin::{pin, Pin};
+    use kontext::{node::CancelNode, Ctx};
+    model(|| {
+        let root: &'static CancelNode<'static, 2> = Box::leak(Box::new(CancelNode::new()));
+        let r: &'static Ctx = Pin::static_ref(root).attach(Ctx::background());
+        let t = thread::spawn(move || {
+            let (heap, _h) = Context::from_static(r).child();
+            let child = pin!(CancelNode::<2>::new());
+            let c = child.as_ref().attach(r);
+            (heap.is_cancelled(), c.is_cancelled(), heap)
+        });
+        assert!(root.cancel());
+        let (_, _, heap) = t.join().unwrap();
+        assert!(heap.is_cancelled());
+    });
+}
