@@ -134,30 +134,31 @@ impl EmbassyClock {
     }
 }
 
+// Whole seconds are exactly `TICK_HZ` ticks: the conversions below split a value into
+// seconds and a remainder, so no 128-bit arithmetic reaches small firmware. The remainder's
+// products stay below `TICK_HZ * NANOS`:
+const _: () = assert!(TICK_HZ <= u64::MAX / NANOS, "tick rate too high");
+
 fn ticks_to_nanos(ticks: u64) -> u64 {
     match ticks.checked_mul(NANOS_PER) {
         Some(n) => n / TICKS_PER,
         None => {
-            let n = u128::from(ticks) * u128::from(NANOS_PER) / u128::from(TICKS_PER);
-            u64::try_from(n).unwrap_or(u64::MAX)
+            let sub = ticks % TICK_HZ * NANOS_PER / TICKS_PER;
+            (ticks / TICK_HZ)
+                .checked_mul(NANOS)
+                .and_then(|n| n.checked_add(sub))
+                .unwrap_or(u64::MAX)
         }
     }
 }
 
 /// Ticks for a duration, rounded up (never wake early), saturating.
 fn duration_to_ticks(d: Duration) -> u64 {
-    // u64 fast path (no 128-bit arithmetic pulled into small firmware): every duration
-    // below ~584 years at common tick rates.
-    if let Ok(nanos) = u64::try_from(d.as_nanos()) {
-        if let Some(n) = nanos.checked_mul(TICKS_PER) {
-            return n.div_ceil(NANOS_PER);
-        }
-    }
-    let nanos = d.as_nanos(); // u128: exact for every Duration
-    let ticks = nanos
-        .saturating_mul(u128::from(TICKS_PER))
-        .div_ceil(u128::from(NANOS_PER));
-    u64::try_from(ticks).unwrap_or(u64::MAX)
+    let sub = (u64::from(d.subsec_nanos()) * TICKS_PER).div_ceil(NANOS_PER);
+    d.as_secs()
+        .checked_mul(TICK_HZ)
+        .and_then(|t| t.checked_add(sub))
+        .unwrap_or(u64::MAX)
 }
 
 impl Clock for EmbassyClock {
@@ -241,5 +242,37 @@ mod tests {
         assert_eq!(duration_to_ticks(Duration::ZERO), 0);
         // Rounds up: never wakes before the duration has passed.
         assert!(ticks_to_nanos(duration_to_ticks(Duration::from_nanos(1))) >= 1);
+    }
+
+    /// The split (seconds + remainder) arithmetic equals the exact 128-bit one.
+    #[test]
+    fn conversions_match_exact_128_bit_arithmetic() {
+        let exact_nanos = |t: u64| {
+            let n = u128::from(t) * u128::from(NANOS_PER) / u128::from(TICKS_PER);
+            u64::try_from(n).unwrap_or(u64::MAX)
+        };
+        let exact_ticks = |d: Duration| {
+            let t = (d.as_nanos() * u128::from(TICKS_PER)).div_ceil(u128::from(NANOS_PER));
+            u64::try_from(t).unwrap_or(u64::MAX)
+        };
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..100_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17; // xorshift64: values of every magnitude
+            let t = x >> (i % 64);
+            assert_eq!(ticks_to_nanos(t), exact_nanos(t), "ticks {t}");
+            let d = Duration::new(x >> (i % 64), (x % 1_000_000_000) as u32);
+            assert_eq!(duration_to_ticks(d), exact_ticks(d), "{d:?}");
+        }
+        for t in [u64::MAX, u64::MAX / NANOS_PER, u64::MAX / NANOS_PER + 1] {
+            assert_eq!(ticks_to_nanos(t), exact_nanos(t), "ticks {t}");
+        }
+        for d in [
+            Duration::MAX,
+            Duration::new(u64::MAX / TICK_HZ, 999_999_999),
+        ] {
+            assert_eq!(duration_to_ticks(d), exact_ticks(d), "{d:?}");
+        }
     }
 }
