@@ -43,10 +43,12 @@ expect() {
     fi
 }
 expect 'sensor: sample #1:'
+expect 'radio: packet #1: sending on channel 11 '
 expect 'radio: packet #1: deadline passed, TX aborted: err = DeadlineExceeded'
 expect 'radio: packet #2: sent'
-expect 'supervisor: button on pin 13 pressed'
-expect 'radio: packet #3: saw cancel during TX: err = Cancelled .*cause = "button on pin 13 pressed: shutdown"'
-expect 'sensor: saw cancel after [0-9]+ samples: err = Cancelled .*cause = "button on pin 13 pressed: shutdown"'
+expect 'supervisor: button on pin 13 pressed: shutdown -> cancelling the system root'
+expect 'supervisor: system: err = Cancelled'
+expect 'radio: packet #3: saw cancel during TX: err = Cancelled'
+expect 'sensor: saw cancel after [0-9]+ samples: err = Cancelled'
 expect 'supervisor: all tasks stopped'
 echo "embassy examples: ok"

@@ -4,6 +4,9 @@
 into the task futures (counted under embassy-executor's `TaskStorage::poll`), so the
 kontext figure is the out-of-line part: a lower bound.
 
+Then RAM: every sized `.data` / `.bss` symbol (no heap: this is all of the static RAM
+but the stack). The task pools hold each task's future, with the nodes it pins.
+
 Usage: size-report.py ELF [REGEX]   (REGEX: also list the matching symbols)
 """
 import collections
@@ -38,9 +41,22 @@ def main():
         sizes[group] += size
         if show and show.search(name):
             print(f"{size:6d}  {name[:140]}")
+    ram = []
+    for line in nm.splitlines():
+        parts = line.split(None, 3)
+        if len(parts) < 4 or parts[2].lower() not in ("b", "d"):
+            continue
+        size, name = int(parts[1], 16), re.sub(r"::h[0-9a-f]{16}", "", parts[3])
+        if size:
+            ram.append((size, name.replace("kontext_embassy_firmware_example::", "")))
+    print("flash:")
     for group, size in sizes.most_common():
         print(f"{size:6d}  {group}")
     print(f"{sum(sizes.values()):6d}  all code and read-only data symbols")
+    print("RAM (static; no heap):")
+    for size, name in sorted(ram, reverse=True):
+        print(f"{size:6d}  {name[:100]}")
+    print(f"{sum(size for size, _ in ram):6d}  all .data and .bss symbols")
 
 
 if __name__ == "__main__":

@@ -6,25 +6,15 @@
 //! cargo build --release --manifest-path examples/embassy-firmware/Cargo.toml --target thumbv6m-none-eabi
 //! ```
 //!
-//! Heap API for now: kontext's contexts are heap nodes, so the firmware has a global
-//! allocator (`embedded-alloc`, [`HEAP_SIZE`] bytes). With kontext's static and pinned nodes
-//! (issue 6, next step) the allocator goes away; see the `heap API:` notes in `scenario.rs`.
-//! Only builds are checked (no board, no emulator here); the trace goes to [`Trace`], a
+//! No heap: no global allocator, kontext-embassy without `alloc`. The contexts are static
+//! nodes and nodes pinned in the tasks' futures (see `scenario.rs`); `sizes` checks their
+//! RAM at compile time. Only builds are checked (no board, no emulator here); the trace goes to [`Trace`], a
 //! stand-in for RTT / defmt / a UART.
 
 #![no_std]
 #![no_main]
 
-use embedded_alloc::LlffHeap as Heap;
 use panic_halt as _;
-
-/// The global allocator for kontext's heap nodes (heap API: goes away with static and
-/// pinned nodes).
-#[global_allocator]
-static HEAP: Heap = Heap::empty();
-
-/// Bytes of RAM for the heap: this scenario needs a few hundred (a node is tens of bytes).
-const HEAP_SIZE: usize = 4096;
 
 /// Where the trace goes: nowhere here. Replace with RTT (`rtt-target`), `defmt` or a UART.
 struct Trace;
@@ -46,14 +36,11 @@ macro_rules! out {
 
 #[path = "../../embassy-host/src/scenario.rs"]
 mod scenario;
+mod sizes;
 mod time_driver;
 
 #[embassy_executor::main]
 async fn main(spawner: embassy_executor::Spawner) {
-    // SAFETY: once, before the first allocation (no context exists yet).
-    unsafe {
-        embedded_alloc::init!(HEAP, HEAP_SIZE);
-    }
     let core = cortex_m::Peripherals::take().expect("core peripherals taken once");
     time_driver::init(core.SYST);
     scenario::supervisor(spawner).await;

@@ -4,28 +4,32 @@
 //! `mod scenario;`.
 //!
 //! - `sensor`: samples every [`SAMPLE_EVERY`] until its context is cancelled.
-//! - `radio`: sends packets, each under its own deadline (`with_timeout` + `run`): the first
-//!   times out, the second gets through, the third is cut short by the shutdown.
-//! - `supervisor` (the main task): cancels the root with a cause when the (simulated)
-//!   button is pressed, then gives the tasks a grace period to stop.
+//! - `radio`: sends packets on a channel (a value in the context), each under its own
+//!   deadline (a pinned `DeadlineNode` + `run`): the first times out, the second gets
+//!   through, the third is cut short by the shutdown.
+//! - `supervisor` (the main task): cancels the system root when the (simulated) button is
+//!   pressed, then gives the tasks a grace period to stop.
 //!
-//! Every task prints when it saw the cancel and why (`err` and `cause`).
+//! Every task prints when it saw the cancel and why (`err`).
 //!
-//! Heap API for now: every context here is a heap node (`Context`, needs a global
-//! allocator, `embedded-alloc` on the firmware). When kontext's static and pinned nodes land
-//! (issue 6, `notes/issue-6-design.md`), switching is local: the root becomes a
-//! `static` node attached once in `supervisor`, the tasks and `Why` take `&'static Ctx` /
-//! `&Ctx` instead of `Context` (they only observe: `err`, `cause`, `run`, `done`, `sleep`;
-//! `kontext_embassy::ContextExt` is implemented for `Ctx`), and each packet's deadline context becomes a `DeadlineNode` pinned in
-//! `radio`'s future instead of `with_timeout`. The cause needs `alloc` (it is boxed) until
-//! static causes exist. The lines to change are marked `heap API:`.
+//! No heap: every context lives in memory the program provides (`kontext::node`). The
+//! system root and the tasks' exit signals are `static` nodes attached once in
+//! `supervisor`, below `kontext_embassy::root()` (embassy's clock); the radio's channel and
+//! each packet's deadline are nodes pinned in the radio task's own future, and the grace
+//! period's deadline one pinned in the supervisor's. The tasks take `&'static Ctx` and only
+//! observe it (`err`, `run`, `done`, `sleep`: `kontext_embassy::ContextExt` is implemented
+//! for `Ctx`). Without kontext's `alloc` feature there are no custom cancel causes: the
+//! trace prints the error (`Cancelled`, `DeadlineExceeded`), and the supervisor says why it
+//! cancelled.
 
 use core::fmt;
+use core::pin::{pin, Pin};
 use core::time::Duration;
 
 use embassy_executor::Spawner;
 use embassy_time::{Ticker, Timer};
-use kontext_embassy::{CancelHandle, Context, ContextExt, Error};
+use kontext_embassy::node::{CancelNode, DeadlineNode, ValueNode};
+use kontext_embassy::{ContextExt, Ctx, Error};
 
 /// How often the sensor samples.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
@@ -63,7 +67,7 @@ fn ticks(d: Duration) -> embassy_time::Duration {
     embassy_time::Duration::from_micros(d.as_micros() as u64)
 }
 
-/// The cancel cause the supervisor gives: which button ended the run.
+/// The button whose press shuts the system down.
 #[derive(Debug, Clone, Copy)]
 pub struct ButtonPressed {
     /// The GPIO pin of the button.
@@ -76,17 +80,37 @@ impl fmt::Display for ButtonPressed {
     }
 }
 
-impl core::error::Error for ButtonPressed {}
+/// The radio channel, carried by the radio's context (a `ValueNode`): what a driver
+/// deeper down would read with `ctx.value::<Channel>()`.
+#[derive(Debug, Clone, Copy)]
+pub struct Channel(pub u8);
 
-/// `err = ..., cause = ...` of a context, for the trace.
-struct Why<'a>(&'a Context);
+/// `err = ...` of a context, for the trace.
+struct Why<'a>(&'a Ctx);
 
 impl fmt::Display for Why<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.0.err(), self.0.cause()) {
-            (Some(err), Some(cause)) => write!(f, "err = {err:?} ({err}), cause = \"{cause}\""),
-            _ => f.write_str("not done"),
+        match self.0.err() {
+            Some(err) => write!(f, "err = {err:?} ({err})"),
+            None => f.write_str("not done"),
         }
+    }
+}
+
+/// The system's root, cancelled by the supervisor on shutdown. Its live children: one
+/// packet's deadline at a time (the sensor and the radio use it directly).
+static SYSTEM: CancelNode<'static, 4> = CancelNode::new();
+/// Exit signals: a task cancels its own when it ends ([`Exit`]); the supervisor waits on
+/// them. No children, one slot.
+static SENSOR_EXIT: CancelNode<'static, 1> = CancelNode::new();
+static RADIO_EXIT: CancelNode<'static, 1> = CancelNode::new();
+
+/// Cancels an exit signal when dropped, so a task signals its end however it ends.
+struct Exit(&'static CancelNode<'static, 1>);
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        self.0.cancel();
     }
 }
 
@@ -96,11 +120,10 @@ async fn transmit(air: Duration) {
     Timer::after(ticks(air)).await;
 }
 
-/// Samples every [`SAMPLE_EVERY`] until `ctx` is cancelled. `_exit` is cancelled when the
-/// task ends (a `CancelHandle` cancels on drop), which is how the supervisor learns it.
-// heap API: `ctx: &'static Ctx` with static/pinned nodes.
+/// Samples every [`SAMPLE_EVERY`] until `ctx` is cancelled, then cancels `exit`.
 #[embassy_executor::task]
-pub async fn sensor(ctx: Context, _exit: CancelHandle) {
+pub async fn sensor(ctx: &'static Ctx, exit: &'static CancelNode<'static, 1>) {
+    let _exit = Exit(exit);
     let mut ticker = Ticker::every(ticks(SAMPLE_EVERY));
     let mut samples = 0u32;
     say!("sensor: sampling every {} ms", ms(SAMPLE_EVERY));
@@ -113,24 +136,30 @@ pub async fn sensor(ctx: Context, _exit: CancelHandle) {
                 say!("sensor: sample #{samples}: {milli_celsius} m°C");
             }
             Err(_) => {
-                say!("sensor: saw cancel after {samples} samples: {}", Why(&ctx));
+                say!("sensor: saw cancel after {samples} samples: {}", Why(ctx));
                 return;
             }
         }
     }
 }
 
-/// Sends [`PACKETS`], each under its own deadline, then waits for the shutdown.
-// heap API: `ctx: &'static Ctx`, and a pinned `DeadlineNode` per packet.
+/// Sends [`PACKETS`] on channel 11, each under its own deadline, then waits for the
+/// shutdown; cancels `exit` when it ends.
 #[embassy_executor::task]
-pub async fn radio(ctx: Context, _exit: CancelHandle) {
+pub async fn radio(ctx: &'static Ctx, exit: &'static CancelNode<'static, 1>) {
+    let _exit = Exit(exit);
+    // The channel as a value in the context, in a node pinned in this task's future.
+    let radio = pin!(ValueNode::new());
+    let radio = radio.as_ref().attach(ctx, Channel(11));
     for (n, (air, deadline)) in PACKETS.into_iter().enumerate() {
         let n = n + 1;
-        // A child with a deadline: cancelled at `deadline`, or with `ctx`, whichever is
-        // first. `_cancel` cancels it when it goes out of scope (Go's `defer cancel()`).
-        let (send, _cancel) = ctx.with_timeout(deadline);
+        // A child with a deadline, pinned in this future: cancelled at `deadline`, or with
+        // `ctx`, whichever is first. It detaches from the tree at the end of the iteration.
+        let send = pin!(DeadlineNode::<1>::new());
+        let send = send.as_ref().attach_timeout(radio, deadline);
+        let channel = send.value::<Channel>().map_or(0, |c| c.0);
         say!(
-            "radio: packet #{n}: sending ({} ms on air, deadline {} ms)",
+            "radio: packet #{n}: sending on channel {channel} ({} ms on air, deadline {} ms)",
             ms(air),
             ms(deadline)
         );
@@ -140,48 +169,49 @@ pub async fn radio(ctx: Context, _exit: CancelHandle) {
                 // Only this send's deadline: the radio carries on.
                 say!(
                     "radio: packet #{n}: deadline passed, TX aborted: {}",
-                    Why(&send)
+                    Why(send)
                 );
             }
             Err(_) => {
-                say!("radio: packet #{n}: saw cancel during TX: {}", Why(&send));
+                say!("radio: packet #{n}: saw cancel during TX: {}", Why(send));
                 return;
             }
         }
         if ctx.sleep(PACKET_GAP).await.is_err() {
-            say!("radio: saw cancel between packets: {}", Why(&ctx));
+            say!("radio: saw cancel between packets: {}", Why(ctx));
             return;
         }
     }
     say!("radio: idle until shutdown");
     ctx.done().await;
-    say!("radio: saw cancel while idle: {}", Why(&ctx));
+    say!("radio: saw cancel while idle: {}", Why(ctx));
 }
 
-/// The main task: starts the tasks, cancels everything with a cause when the button is
-/// pressed, and waits (at most [`GRACE`]) for the tasks to stop.
+/// The main task: attaches the static nodes, starts the tasks, cancels the system root
+/// when the button is pressed, and waits (at most [`GRACE`]) for the tasks to stop.
 pub async fn supervisor(spawner: Spawner) {
-    // heap API: a `static` root node attached here, `Pin::static_ref(&ROOT).attach(...)`.
-    let root = kontext_embassy::background(); // deadlines on embassy-time's clock
-    let (system, power) = root.child();
-    // Exit signals: each task holds a handle; dropping it at the task's end cancels these.
-    let (sensor_exited, sensor_exit) = root.child();
-    let (radio_exited, radio_exit) = root.child();
+    let root = kontext_embassy::root(); // static; deadlines on embassy-time's clock
+    let system: &'static Ctx = Pin::static_ref(&SYSTEM).attach(root);
+    let sensor_exited = Pin::static_ref(&SENSOR_EXIT).attach(root);
+    let radio_exited = Pin::static_ref(&RADIO_EXIT).attach(root);
 
     say!("supervisor: starting sensor and radio");
-    spawner.spawn(sensor(system.clone(), sensor_exit).expect("sensor task already running"));
-    spawner.spawn(radio(system.clone(), radio_exit).expect("radio task already running"));
+    spawner.spawn(sensor(system, &SENSOR_EXIT).expect("sensor task already running"));
+    spawner.spawn(radio(system, &RADIO_EXIT).expect("radio task already running"));
 
     // Simulated button: on hardware, `ExtiInput::wait_for_falling_edge().await` (or an
-    // interrupt handler calling `cancel_with_cause`, which is safe from an ISR with the
+    // interrupt handler calling `SYSTEM.cancel()`, which is safe from an ISR with the
     // `critical-section` feature).
     Timer::after(ticks(BUTTON_AT)).await;
     let button = ButtonPressed { pin: 13 };
-    say!("supervisor: {button} -> cancelling the root");
-    power.cancel_with_cause(button);
-    say!("supervisor: root: {}", Why(&system));
+    say!("supervisor: {button} -> cancelling the system root");
+    SYSTEM.cancel();
+    say!("supervisor: system: {}", Why(system));
 
-    let (grace, _grace_cancel) = root.with_timeout(GRACE);
+    // The grace period: a deadline node pinned here, below the root (not the cancelled
+    // system).
+    let grace = pin!(DeadlineNode::<1>::new());
+    let grace = grace.as_ref().attach_timeout(root, GRACE);
     let stopped = grace
         .run(async {
             sensor_exited.done().await;
@@ -190,6 +220,6 @@ pub async fn supervisor(spawner: Spawner) {
         .await;
     match stopped {
         Ok(()) => say!("supervisor: all tasks stopped, halting"),
-        Err(_) => say!("supervisor: grace period over: {}", Why(&grace)),
+        Err(_) => say!("supervisor: grace period over: {}", Why(grace)),
     }
 }
