@@ -1053,16 +1053,6 @@ fn unregister(owner: &CancelNode, l: NonNull<Link>, slot: u32) -> bool {
 /// # Safety
 /// `refs` of `l` is zero and nobody else can reach it.
 unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
-    /// Releases the held handle if dropping the node's contents unwinds.
-    struct ReleaseOnUnwind(Option<NonNull<Link>>);
-    impl Drop for ReleaseOnUnwind {
-        fn drop(&mut self) {
-            if let Some(up) = self.0 {
-                // SAFETY: the freed node owned this handle and can no longer give it up.
-                unsafe { release_handle(up) };
-            }
-        }
-    }
     track(-1);
     // SAFETY: the caller guarantees exclusive ownership; each arm reads or frees the layout
     // the kind was allocated with.
@@ -1072,7 +1062,8 @@ unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
             Kind::Callback => Some(l.cast::<CallbackHead>().as_ref().owner.cast()),
             _ => l.cast::<Header>().as_ref().parent.map(NonNull::cast),
         };
-        let guard = ReleaseOnUnwind(up);
+        // Releases the held handle if dropping the node's contents unwinds.
+        let guard = ReleaseOnDrop(up);
         debug_assert_eq!(
             l.as_ref().storage,
             Storage::Heap,
@@ -1149,6 +1140,20 @@ unsafe fn free_cancel_parts(n: &CancelNode) {
         debug_assert_eq!(unsafe { entry.as_ref() }.kind, Kind::Callback);
         // SAFETY: we own the registered reference we just took.
         unsafe { release_registered(entry) };
+    }
+}
+
+/// Gives back the handle a node held on its parent (or owner) when dropped: for a node
+/// going away while dropping its contents may unwind (`free` forgets it and hands the
+/// handle on; `detach_user_value` lets it release).
+struct ReleaseOnDrop(Option<NonNull<Link>>);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        if let Some(up) = self.0 {
+            // SAFETY: the node that held this handle is gone and can no longer give it up.
+            unsafe { release_handle(up) };
+        }
     }
 }
 
@@ -1414,17 +1419,15 @@ pub(crate) unsafe fn detach_user(n: NonNull<CancelNode>) {
             }
         }
     }
-    let parent = h.parent;
+    // Gives back the handle this node held (a no-op on a user parent) when done here,
+    // also if dropping what the node owns unwinds.
+    let _release = ReleaseOnDrop(h.parent.map(NonNull::cast));
     // SAFETY: nobody can reach the node now; its table and record are ours to drop.
     unsafe { free_cancel_parts(node) };
     if h.link.kind == Kind::Deadline {
         // A deadline node's `TimeExt` owns its cause. SAFETY: as above; `n` is the storage's
         // own pointer, valid for the whole `DeadlineNode`.
         unsafe { ptr::drop_in_place(ptr::addr_of_mut!((*n.cast::<DeadlineNode>().as_ptr()).time)) };
-    }
-    if let Some(p) = parent {
-        // SAFETY: the handle this node held (a no-op on a user parent).
-        unsafe { release_handle(p.cast()) };
     }
 }
 
@@ -1515,17 +1518,8 @@ pub(crate) unsafe fn new_clock_root_in(
 pub(crate) unsafe fn detach_user_value<T>(n: NonNull<ValueNode<T>>) {
     // SAFETY: the storage is still in place.
     let parent = unsafe { n.as_ref() }.head.header.parent;
-    /// Gives back the parent handle even if the value's `Drop` panics.
-    struct Release(Option<NonNull<Header>>);
-    impl Drop for Release {
-        fn drop(&mut self) {
-            if let Some(p) = self.0 {
-                // SAFETY: the handle the value node held.
-                unsafe { release_handle(p.cast()) };
-            }
-        }
-    }
-    let _release = Release(parent);
+    // Gives back the parent handle afterwards, even if the value's `Drop` panics.
+    let _release = ReleaseOnDrop(parent.map(NonNull::cast));
     // SAFETY: the caller's guarantee; the value is dropped exactly once.
     unsafe { ptr::drop_in_place(ptr::addr_of_mut!((*n.as_ptr()).value)) };
 }
