@@ -227,6 +227,42 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// The clock a deadline below this context is measured on.
+    ///
+    /// # Panics
+    /// If the tree has none (without `std`, a root not made by `Context::with_clock` or a
+    /// `node::ClockRoot`).
+    #[track_caller]
+    pub(crate) fn tree_clock(&self) -> &'static dyn Clock {
+        self.clock().expect(
+            "kontext: this context tree has no clock (root it with Context::with_clock or a node::ClockRoot)",
+        )
+    }
+
+    /// What a child with its own `deadline` is built with, for heap and user nodes alike:
+    /// `None` when this context's deadline is as soon or sooner (the child is then just
+    /// cancellable, as in Go), else the deadline on the tree's clock.
+    pub(crate) fn deadline_spec(
+        &self,
+        deadline: Instant,
+        cause: Option<tree::OwnedCause>,
+    ) -> Option<tree::DeadlineSpec> {
+        let own = deadline.as_nanos();
+        let inherited = self.deadline().map_or(u64::MAX, Instant::as_nanos);
+        (own < inherited).then(|| (own, self.tree_clock(), cause))
+    }
+
+    /// A `Context` on this node with a handle of its own (a no-op on a user node).
+    /// Private: for user nodes only sound when the storage lives forever (`from_static`).
+    fn counted(&self) -> Context {
+        if let Some(h) = self.header() {
+            tree::acquire_handle(h.link());
+        }
+        Context {
+            ctx: Ctx { node: self.node },
+        }
+    }
+
     pub(crate) fn header(&self) -> Option<&Header> {
         // SAFETY: whoever lent us out keeps the node alive (a `Context`'s handle, `tree`
         // invariant 1).
@@ -355,9 +391,7 @@ impl Context {
     }
 
     fn now(&self) -> Instant {
-        self.clock()
-            .expect("kontext: this context tree has no clock (use Context::with_clock)")
-            .now()
+        self.tree_clock().now()
     }
 
     fn deadline_child(
@@ -365,16 +399,7 @@ impl Context {
         deadline: Instant,
         cause: Option<Box<Cause>>,
     ) -> (Context, CancelHandle) {
-        let own = deadline.as_nanos();
-        let inherited = self.deadline().map_or(u64::MAX, Instant::as_nanos);
-        let d = if own < inherited {
-            let clock = self
-                .clock()
-                .expect("kontext: this context tree has no clock (use Context::with_clock)");
-            Some((own, clock, cause))
-        } else {
-            None // the parent's deadline is sooner: this is just a cancellable child (as Go)
-        };
+        let d = self.deadline_spec(deadline, cause);
         CancelHandle::new(tree::new_cancel(self.node, d))
     }
 
@@ -446,12 +471,7 @@ impl Context {
     /// assert!(req.is_cancelled());
     /// ```
     pub fn from_static(ctx: &'static Ctx) -> Context {
-        if let Some(h) = ctx.header() {
-            tree::acquire_handle(h.link());
-        }
-        Context {
-            ctx: Ctx { node: ctx.node },
-        }
+        ctx.counted()
     }
 }
 
@@ -464,14 +484,7 @@ fn default_clock() -> Option<&'static dyn Clock> {
 
 impl Clone for Context {
     fn clone(&self) -> Self {
-        if let Some(h) = self.header() {
-            tree::acquire_handle(h.link());
-        }
-        Context {
-            ctx: Ctx {
-                node: self.ctx.node,
-            },
-        }
+        self.ctx.counted()
     }
 }
 

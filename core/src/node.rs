@@ -93,12 +93,65 @@ struct Cells<T, const N: usize> {
     slots: MaybeUninit<[Slot; N]>,
 }
 
-/// What `CancelNode` and `DeadlineNode` share: the cells, the lent-out `Ctx`, the state.
-struct Core<T, const N: usize> {
-    cells: UnsafeCell<Cells<T, N>>,
-    /// Written once while attaching (before the state says `ATTACHED`), then only read.
+/// The `Ctx` a storage lends out, and the one-time state that guards writing it: what
+/// every storage type here shares.
+struct Attachment {
+    /// Written once by the winner of `try_claim` (before the state says `ATTACHED`), then
+    /// only read.
     ctx: UnsafeCell<Ctx>,
     state: InitState,
+}
+
+impl Attachment {
+    const fn new() -> Self {
+        Attachment {
+            ctx: UnsafeCell::new(Ctx { node: None }),
+            state: InitState::new(EMPTY),
+        }
+    }
+
+    /// Wins the right to build the node, or says what the state was.
+    fn try_claim(&self) -> Result<(), u8> {
+        // Acquire: a loser that sees `ATTACHED` reads what the winner's Release in
+        // `publish` published. Nothing else is read.
+        self.state
+            .compare_exchange(EMPTY, ATTACHING, Acquire, Acquire)
+            .map(drop)
+    }
+
+    /// `try_claim`, panicking if another attach came first.
+    fn claim(&self) {
+        if self.try_claim().is_err() {
+            already_attached();
+        }
+    }
+
+    /// Lends out `node` from now on and returns its `Ctx`.
+    ///
+    /// # Safety
+    /// Called once, by the winner of `try_claim`, with the node it built in the storage.
+    unsafe fn publish(&self, node: NonNull<tree::Header>) -> &Ctx {
+        // SAFETY: only the claim's winner writes, before the Release below; readers only
+        // read after seeing `ATTACHED` (Acquire).
+        unsafe { *self.ctx.get() = Ctx { node: Some(node) } };
+        // Release: publishes the node and `ctx` to `get`'s Acquire.
+        self.state.store(ATTACHED, Release);
+        // SAFETY: written just above, never again.
+        unsafe { &*self.ctx.get() }
+    }
+
+    /// The `Ctx`, once published.
+    fn get(&self) -> Option<&Ctx> {
+        // Acquire: pairs with the Release in `publish`: the node and `ctx` are written.
+        // SAFETY: `ctx` is no longer written once the state is `ATTACHED`.
+        (self.state.load(Acquire) == ATTACHED).then(|| unsafe { &*self.ctx.get() })
+    }
+}
+
+/// What `CancelNode` and `DeadlineNode` share: the cells and their attachment.
+struct Core<T, const N: usize> {
+    cells: UnsafeCell<Cells<T, N>>,
+    att: Attachment,
 }
 
 impl<T, const N: usize> Core<T, N> {
@@ -109,42 +162,26 @@ impl<T, const N: usize> Core<T, N> {
                 side: MaybeUninit::uninit(),
                 slots: MaybeUninit::uninit(),
             }),
-            ctx: UnsafeCell::new(Ctx { node: None }),
-            state: InitState::new(EMPTY),
+            att: Attachment::new(),
         }
     }
 
-    /// The raw pointer of the cells (keeps the permission for the whole storage).
-    fn cells(&self) -> *mut Cells<T, N> {
-        self.cells.get()
-    }
-
+    /// The attached cancel node (the storage's own pointer, as `attach` stored it).
     fn node(&self) -> Option<NonNull<tree::CancelNode>> {
-        // Acquire: pairs with the Release store in `attach`: the node and `ctx` are written.
-        (self.state.load(Acquire) == ATTACHED).then(|| {
-            // SAFETY: `cells` is never null.
-            unsafe { NonNull::new_unchecked(ptr::addr_of_mut!((*self.cells()).node).cast()) }
-        })
+        let ctx = self.att.get()?;
+        Some(ctx.node.expect("an attached node").cast())
     }
 
     fn ctx(&self) -> Option<&Ctx> {
-        // SAFETY: `ctx` is no longer written once the state is `ATTACHED`.
-        self.node().map(|_| unsafe { &*self.ctx.get() })
+        self.att.get()
     }
 
     /// # Safety
     /// `self` is pinned; `parent` outlives the storage (the caller's `'p`).
     unsafe fn attach(&self, parent: &Ctx, deadline: Option<tree::DeadlineSpec>) -> &Ctx {
-        // Acquire / Relaxed: only decides who attaches; nothing is read on failure.
-        if self
-            .state
-            .compare_exchange(EMPTY, ATTACHING, Acquire, Relaxed)
-            .is_err()
-        {
-            already_attached();
-        }
-        let cells = self.cells();
-        // SAFETY: we won the state, so nobody else touches the cells; the storage is pinned
+        self.att.claim();
+        let cells = self.cells.get();
+        // SAFETY: we won the claim, so nobody else touches the cells; the storage is pinned
         // (the caller), so the table and node stay where they are written.
         unsafe {
             let side = ptr::addr_of_mut!((*cells).side).cast::<Side>();
@@ -155,14 +192,8 @@ impl<T, const N: usize> Core<T, N> {
                 side: NonNull::new_unchecked(side),
             };
             let n = tree::new_cancel_in(parent.node, deadline, place);
-            *self.ctx.get() = Ctx {
-                node: Some(n.cast()),
-            };
+            self.att.publish(n.cast())
         }
-        // Release: publishes the node and `ctx` to `node()`'s Acquire.
-        self.state.store(ATTACHED, Release);
-        // SAFETY: written just above, never again.
-        unsafe { &*self.ctx.get() }
     }
 
     fn cancel(&self) -> bool {
@@ -318,9 +349,7 @@ impl<'p, const N: usize> DeadlineNode<'p, N> {
     /// # Panics
     /// As [`CancelNode::attach`]; also if the tree has no clock.
     pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx, deadline: Instant) -> &'s Ctx {
-        let own = deadline.as_nanos();
-        let inherited = parent.deadline().map_or(u64::MAX, Instant::as_nanos);
-        let spec = (own < inherited).then(|| (own, tree_clock(parent), None));
+        let spec = parent.deadline_spec(deadline, None);
         // SAFETY: as in `CancelNode::attach`. Without its own deadline the node is a plain
         // cancel node, which fits in a deadline node's memory.
         unsafe { self.get_ref().core.attach(parent, spec) }
@@ -329,7 +358,7 @@ impl<'p, const N: usize> DeadlineNode<'p, N> {
     /// [`attach`](DeadlineNode::attach) with a deadline `timeout` from now on the tree's
     /// clock (`Duration::MAX` saturates to a deadline never reached).
     pub fn attach_timeout<'s>(self: Pin<&'s Self>, parent: &'p Ctx, timeout: Duration) -> &'s Ctx {
-        let deadline = tree_clock(parent).now() + timeout;
+        let deadline = parent.tree_clock().now() + timeout;
         self.attach(parent, deadline)
     }
 
@@ -367,13 +396,6 @@ impl<const N: usize> fmt::Debug for DeadlineNode<'_, N> {
     }
 }
 
-#[track_caller]
-fn tree_clock(parent: &Ctx) -> &'static dyn Clock {
-    parent
-        .clock()
-        .expect("kontext: this context tree has no clock (root it in a ClockRoot)")
-}
-
 /// Storage for a context carrying a value of type `T` (Go's `WithValue`, keyed by type).
 /// It shares its parent's cancellation and deadline.
 ///
@@ -388,8 +410,7 @@ fn tree_clock(parent: &Ctx) -> &'static dyn Clock {
 /// ```
 pub struct ValueNode<'p, T: Send + Sync + 'static> {
     cell: UnsafeCell<MaybeUninit<tree::ValueNode<T>>>,
-    ctx: UnsafeCell<Ctx>,
-    state: InitState,
+    att: Attachment,
     _parent: Invariant<'p>,
     _pin: PhantomPinned,
 }
@@ -404,8 +425,7 @@ impl<'p, T: Send + Sync + 'static> ValueNode<'p, T> {
     pub const fn new() -> Self {
         ValueNode {
             cell: UnsafeCell::new(MaybeUninit::uninit()),
-            ctx: UnsafeCell::new(Ctx { node: None }),
-            state: InitState::new(EMPTY),
+            att: Attachment::new(),
             _parent: PhantomData,
             _pin: PhantomPinned,
         }
@@ -417,31 +437,18 @@ impl<'p, T: Send + Sync + 'static> ValueNode<'p, T> {
     /// If already attached.
     pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx, value: T) -> &'s Ctx {
         let this = self.get_ref();
-        // Acquire / Relaxed: as in `CancelNode::attach`.
-        if this
-            .state
-            .compare_exchange(EMPTY, ATTACHING, Acquire, Relaxed)
-            .is_err()
-        {
-            already_attached();
-        }
-        // SAFETY: we won the state; the storage is pinned; `parent` outlives it (`'p`).
+        this.att.claim();
+        // SAFETY: we won the claim; the storage is pinned; `parent` outlives it (`'p`).
         unsafe {
             let place = NonNull::new_unchecked(this.cell.get().cast::<tree::ValueNode<T>>());
-            let n = tree::new_value_in(parent.node, value, place);
-            *this.ctx.get() = Ctx { node: Some(n) };
+            this.att
+                .publish(tree::new_value_in(parent.node, value, place))
         }
-        // Release: as in `CancelNode::attach`.
-        this.state.store(ATTACHED, Release);
-        // SAFETY: written just above, never again.
-        unsafe { &*this.ctx.get() }
     }
 
     /// The context, once attached.
     pub fn context(&self) -> Option<&Ctx> {
-        // Acquire: as in `CancelNode::context`.
-        // SAFETY: not written again once attached.
-        (self.state.load(Acquire) == ATTACHED).then(|| unsafe { &*self.ctx.get() })
+        self.att.get()
     }
 }
 
@@ -495,8 +502,7 @@ impl<T: Send + Sync + 'static> fmt::Debug for ValueNode<'_, T> {
 pub struct ClockRoot {
     clock: &'static dyn Clock,
     cell: UnsafeCell<MaybeUninit<tree::ClockNode>>,
-    ctx: UnsafeCell<Ctx>,
-    state: InitState,
+    att: Attachment,
     _pin: PhantomPinned,
 }
 
@@ -511,8 +517,7 @@ impl ClockRoot {
         ClockRoot {
             clock,
             cell: UnsafeCell::new(MaybeUninit::uninit()),
-            ctx: UnsafeCell::new(Ctx { node: None }),
-            state: InitState::new(EMPTY),
+            att: Attachment::new(),
             _pin: PhantomPinned,
         }
     }
@@ -522,29 +527,17 @@ impl ClockRoot {
     pub fn context(self: Pin<&Self>) -> &Ctx {
         let this = self.get_ref();
         loop {
-            // Acquire / Acquire: the winner builds; a loser that sees `ATTACHED` reads what
-            // the winner's Release published.
-            match this
-                .state
-                .compare_exchange(EMPTY, ATTACHING, Acquire, Acquire)
-            {
-                Ok(_) => {
-                    // SAFETY: we won the state; pinned, so the node stays where it is.
-                    unsafe {
-                        let place = NonNull::new_unchecked(this.cell.get().cast());
-                        let n = tree::new_clock_root_in(this.clock, place);
-                        *this.ctx.get() = Ctx { node: Some(n) };
-                    }
-                    // Release: publishes the node and `ctx`.
-                    this.state.store(ATTACHED, Release);
-                    break;
-                }
-                Err(ATTACHED) => break,
+            match this.att.try_claim() {
+                // SAFETY: we won the claim; pinned, so the node stays where it is.
+                Ok(()) => unsafe {
+                    let place = NonNull::new_unchecked(this.cell.get().cast());
+                    return this.att.publish(tree::new_clock_root_in(this.clock, place));
+                },
+                Err(ATTACHED) => return this.att.get().expect("published"),
+                // Another thread is building it: a few instructions.
                 Err(_) => crate::sync::spin_hint(),
             }
         }
-        // SAFETY: written once before `ATTACHED`, never again.
-        unsafe { &*this.ctx.get() }
     }
 }
 
