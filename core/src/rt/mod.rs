@@ -3,7 +3,7 @@
 //! bound to a context, task tracking for graceful shutdown, and an errgroup-style `Group`.
 //!
 //! An adapter (`kontext-tokio`, `kontext-smol`, ...) only supplies a [`Timer`] (sleep for a
-//! duration), a spawner (`Spawn`, feature `rt`) (start a `'static` task) and a [`Clock`](crate::Clock) for its
+//! duration), a [`Spawn`]er (start a `'static` task) and a [`Clock`](crate::Clock) for its
 //! roots; every rule below lives here once.
 //!
 //! # Rules
