@@ -127,8 +127,8 @@ pub(crate) fn spin_hint() {
     core::hint::spin_loop();
 }
 
-/// A mutual-exclusion lock used only by wait lists (never on the cancel, create, drop,
-/// check or lookup paths): std's `Mutex` with `std`, loom's under loom, a critical section
+/// A mutual-exclusion lock used only by wait lists' stripe locks (never on the cancel,
+/// create, drop, check or lookup paths of a context nobody waits on): std's `Mutex` with `std`, loom's under loom, a critical section
 /// with feature `critical-section`, otherwise a small test-and-test-and-set spin lock.
 ///
 /// The spin lock is not interrupt-safe: on a single core, an interrupt handler that polls a
@@ -159,7 +159,7 @@ mod mutex {
     #[derive(Debug)]
     pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
     impl<T> Mutex<T> {
-        pub(crate) fn new(v: T) -> Self {
+        pub(crate) const fn new(v: T) -> Self {
             Self(std::sync::Mutex::new(v))
         }
         pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
@@ -196,7 +196,7 @@ mod mutex {
     }
 
     impl<T> Mutex<T> {
-        pub(crate) fn new(v: T) -> Self {
+        pub(crate) const fn new(v: T) -> Self {
             Self {
                 value: UnsafeCell::new(v),
             }
@@ -260,7 +260,7 @@ mod mutex {
     pub(crate) struct Guard<'a, T>(&'a Mutex<T>);
 
     impl<T> Mutex<T> {
-        pub(crate) fn new(v: T) -> Self {
+        pub(crate) const fn new(v: T) -> Self {
             Self {
                 locked: AtomicBool::new(false),
                 value: UnsafeCell::new(v),

@@ -64,13 +64,22 @@
 //!    (Release/Acquire), which is its last access. The node's own children, waiters and
 //!    callbacks borrow the storage, so they are gone by then. Without `alloc` every cancel
 //!    node is a user node, born with its table (tables cannot grow past the first chunk).
+//! 9. Wait lists (`CancelNode::side`): a heap node waited on before it has a table keeps
+//!    its wait list in the `side` word itself (head pointer tagged `SIDE_INLINE`, plus
+//!    `SIDE_CLOSED` once closed), so waiting allocates nothing. Every wait list is guarded
+//!    by the stripe lock its node's address hashes to (`wait::stripe_of`), and every change
+//!    of a published `side` word is made under that lock: inline list updates, and the
+//!    installation of a table (`install_heap_side`), which moves the inline list into the
+//!    table and sets the table's `has_waiters` before publishing it. So a lock holder that
+//!    reloads the word finds the one list there is; lock-free readers (the walker,
+//!    registrants) only test it, and never dereference a tagged word.
 //!
 //! # Deadlock and panic safety
 //!
-//! The only lock is a wait list's. It is held to link, unlink or take out waiters, never
-//! while taking another lock or running user code: wakers are woken, and replaced wakers
-//! dropped, after it is released (`wait` invariant 1). `Waker::clone` runs under it, as
-//! in tokio's `Notify`.
+//! The only locks are the wait lists' stripe locks (invariant 9). One is held to link,
+//! unlink or take out waiters, or to install a table, never while taking another lock or
+//! running user code: wakers are cloned before it is taken, woken and dropped after it is
+//! released (`wait` invariant 1).
 //!
 //! User code (callbacks, wakers, values' and closures' `Drop`) that panics during a cancel
 //! walk is caught (with `std`): the walk finishes, then the first panic resumes. Freeing a
@@ -92,8 +101,8 @@ use core::ptr::{self, NonNull};
 
 use crate::error::{Cause, Error};
 use crate::sync::{
-    cas_then_fence, fence, store_then_fence, AtomicBool, AtomicPtr, AtomicUsize, Mutex,
-    Ordering::*, UnsafeCell,
+    cas_then_fence, fence, store_then_fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering::*,
+    UnsafeCell,
 };
 use crate::time::{Clock, Instant};
 use crate::wait::WaitList;
@@ -242,7 +251,21 @@ pub(crate) struct Header {
 pub(crate) struct CancelNode {
     header: Header,
     state: AtomicPtr<CauseRecord>,
+    /// Null, the node's table, or an inline wait list (tagged `SIDE_INLINE`; invariant 9).
     side: AtomicPtr<Side>,
+}
+
+/// Tag of a `side` word that holds an inline wait list's head, not a table (invariant 9).
+pub(crate) const SIDE_INLINE: usize = 1;
+/// With `SIDE_INLINE`: the inline wait list is closed (its node was cancelled).
+pub(crate) const SIDE_CLOSED: usize = 2;
+/// The tag bits of a `side` word (tables and waiter nodes are at least 4-aligned).
+pub(crate) const SIDE_TAGS: usize = SIDE_INLINE | SIDE_CLOSED;
+const _: () = assert!(core::mem::align_of::<Side>() > SIDE_TAGS);
+
+/// Whether a `side` word points at a table (rather than being null or an inline list).
+fn is_table(w: *mut Side) -> bool {
+    !w.is_null() && w.addr() & SIDE_INLINE == 0
 }
 
 pub(crate) struct TimeExt {
@@ -371,13 +394,15 @@ pub(crate) struct Side {
     first: *const Slot,
     /// log2 of the first chunk's length; chunk `k` has `1 << (shift + k)` slots.
     shift: u8,
-    /// Set (never cleared) by a waiter before it links and fences (invariant 6), so a
-    /// cancel walker that reads it unset after its own fence skips the wait list's lock.
-    pub(crate) has_waiters: AtomicBool,
+    /// Set (never cleared) under the stripe lock when a waiter is linked, before the
+    /// waiter's fence (invariant 6), so a cancel walker that reads it unset after its own
+    /// fence skips the lock.
+    has_waiters: AtomicBool,
     /// Chunks 1.., allocated with the directory when chunk 0 is full (`alloc` only; keeps
     /// `Side` small: every node with a child pays for one).
     dir: AtomicPtr<Dir>,
-    pub(crate) waiters: Mutex<WaitList>,
+    /// Guarded by the node's stripe lock (invariant 9).
+    waiters: UnsafeCell<WaitList>,
 }
 
 /// A heap node's table with its first chunk, in one allocation.
@@ -423,7 +448,7 @@ impl Side {
             shift,
             has_waiters: AtomicBool::new(false),
             dir: AtomicPtr::new(ptr::null_mut()),
-            waiters: Mutex::new(WaitList::new()),
+            waiters: UnsafeCell::new(WaitList::new()),
         }
     }
 
@@ -864,11 +889,12 @@ fn owner_of(h: &Header) -> Option<&CancelNode> {
 
 impl CancelNode {
     fn side(&self) -> Option<&Side> {
-        // Acquire: pairs with the AcqRel CAS in `ensure_side` (the table is initialised).
-        // Where this load takes part in invariants 5 and 6, a SeqCst fence precedes it.
+        // Acquire: pairs with the Release store in `install_heap_side` (the table is
+        // initialised). Where this load takes part in invariants 5 and 6, a SeqCst fence
+        // precedes it.
         let p = self.side.load(Acquire);
         // SAFETY: a published side lives until the node is freed.
-        (!p.is_null()).then(|| unsafe { &*p })
+        is_table(p).then(|| unsafe { &*p })
     }
 
     /// The node's table; a heap node allocates it on first use. (A user node's table is
@@ -887,20 +913,64 @@ impl CancelNode {
     #[cold]
     fn install_heap_side(&self) -> &Side {
         let new = Side::new_heap();
-        // AcqRel: Release publishes the initialised table; Acquire (also on failure) sees
-        // the winner's. Ordering against cancel comes from the fences of invariants 5, 6.
-        match self
-            .side
-            .compare_exchange(ptr::null_mut(), new, AcqRel, Acquire)
-        {
-            // SAFETY: just published; lives until the node is freed.
-            Ok(_) => unsafe { &*new },
-            Err(winner) => {
-                // SAFETY: `new` was never shared.
-                unsafe { Side::free_heap(new) };
-                // SAFETY: as above for the winner's.
-                unsafe { &*winner }
+        // Invariant 9: the word changes only under the stripe lock once published.
+        let _g = crate::wait::stripe_of(self).lock();
+        // Relaxed: every writer of the word holds the lock we hold.
+        let cur = self.side.load(Relaxed);
+        if is_table(cur) {
+            // SAFETY: `new` was never shared.
+            unsafe { Side::free_heap(new) };
+            // SAFETY: published; lives until the node is freed.
+            return unsafe { &*cur };
+        }
+        // SAFETY: `new` is ours until published. Moving the inline list (invariant 9): its
+        // nodes are touched only under the lock we hold.
+        unsafe {
+            (*new)
+                .waiters
+                .with_mut(|l| *l = WaitList::from_side_word(cur));
+            if !cur.is_null() {
+                // Relaxed: published by the Release store below.
+                (*new).has_waiters.store(true, Relaxed);
             }
+        }
+        // Release: publishes the initialised table (and flag) to lock-free readers.
+        self.side.store(new, Release);
+        // SAFETY: just published; lives until the node is freed.
+        unsafe { &*new }
+    }
+
+    /// Runs `f` on this node's wait list (inline or in its table) under the node's stripe
+    /// lock (invariant 9; `wait` invariant 1). `f` must not run user code.
+    pub(crate) fn with_waiters<R>(&self, f: impl FnOnce(&mut WaitList) -> R) -> R {
+        let _g = crate::wait::stripe_of(self).lock();
+        // Acquire: a table installed by a lock-free path (a user node's, before
+        // publication) is initialised; changes made under the lock are ordered by it.
+        let w = self.side.load(Acquire);
+        if is_table(w) {
+            // SAFETY: a published table lives until the node is freed.
+            let side = unsafe { &*w };
+            side.waiters.with_mut(|l| {
+                // SAFETY: the list is guarded by the lock we hold (invariant 9).
+                let l = unsafe { &mut *l };
+                let r = f(l);
+                // Relaxed: invariant 6's fences order it; loaded first so that repeated
+                // polls do not write.
+                if l.has_waiter() && !side.has_waiters.load(Relaxed) {
+                    side.has_waiters.store(true, Relaxed);
+                }
+                r
+            })
+        } else {
+            let mut l = WaitList::from_side_word(w);
+            let r = f(&mut l);
+            let nw = l.to_side_word();
+            if nw != w {
+                // Relaxed: the head is dereferenced only under the lock; lock-free readers
+                // only test the word, ordered by invariant 6's fences.
+                self.side.store(nw, Relaxed);
+            }
+            r
         }
     }
 
@@ -1127,8 +1197,8 @@ unsafe fn free_cancel_parts(n: &CancelNode) {
         unsafe { drop_record(st) };
     }
     let side = n.side.load(Relaxed);
-    if side.is_null() {
-        return;
+    if !is_table(side) {
+        return; // nothing, or an inline wait list (empty: its waiters borrowed the node)
     }
     let _free = DropSide(side, n.header.link.storage);
     // SAFETY: published sides are owned by the node.
@@ -1673,10 +1743,8 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                         if cas_then_fence(&ch.state, sentinel(LIVE), st) {
                             // After the fence: a registrant or waiter we do not see here
                             // sees the child cancelled (invariants 5 and 6).
+                            notify(ch, &mut panics);
                             let ch_side = ch.side();
-                            if let Some(s) = ch_side {
-                                notify_side(s, &mut panics);
-                            }
                             if ch_side.is_some_and(|s| s.has_entries()) {
                                 cur = child;
                                 cur_side = ch_side;
@@ -1725,21 +1793,21 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
 /// that panics (caught in `panics`) or that re-enters this context's wait list can neither
 /// corrupt the list nor deadlock.
 fn notify(n: &CancelNode, panics: &mut Panics) {
-    if let Some(side) = n.side() {
-        notify_side(side, panics);
+    // Acquire: a table's `has_waiters` (set before its Release publication, invariant 9).
+    // The caller's fence (after its state CAS) and the waiter's (after its link) are
+    // invariant 6's pair: a waiter we miss here sees the state.
+    let w = n.side.load(Acquire);
+    if w.is_null() {
+        return;
     }
-}
-
-/// `notify` for a node whose table is `side`.
-fn notify_side(side: &Side, panics: &mut Panics) {
-    // Relaxed: the caller's fence (after its state CAS) and the waiter's (after setting
-    // the flag) are invariant 6's pair: a waiter whose flag we miss sees the state.
-    if !side.has_waiters.load(Relaxed) {
+    // SAFETY: a published table lives until the node is freed.
+    // Relaxed: as the word, ordered by the fences.
+    if is_table(w) && !unsafe { &*w }.has_waiters.load(Relaxed) {
         return;
     }
     loop {
         let mut batch = crate::wait::WakeBatch::new();
-        let more = side.waiters.lock().close_and_take(&mut batch);
+        let more = n.with_waiters(|l| l.close_and_take(&mut batch));
         batch.wake_all(|wake| panics.call(wake));
         if !more {
             return;

@@ -3,17 +3,19 @@
 //!
 //! # Invariants
 //! 1. A waiter's list node lives inside its pinned future and is touched only under the
-//!    wait list's lock; the future unlinks it (under the lock) before its memory goes.
-//!    No user code runs under the lock except `Waker::clone`: wakers taken out or replaced
-//!    are woken or dropped after the guard is released (a waker's `Drop` may drop another
-//!    waiter of the same context, which takes the lock).
+//!    wait list's lock (its context's stripe lock, `tree` invariant 9); the future unlinks
+//!    it (under the lock) before its memory goes. No user code runs under the lock: wakers
+//!    are cloned before it is taken, and wakers taken out or replaced are woken or dropped
+//!    after it is released (a waker's `Drop` may drop another waiter, whose context may
+//!    share the stripe). So a stripe lock is never held while taking another.
 //! 2. `close_and_wake` runs once per context (the cancel walker's, invariant 4 of `tree`):
 //!    it marks the list closed, unlinks every waiter and wakes each exactly once. A waiter
 //!    that arrives later sees `closed` under the lock and completes without linking.
 //! 3. No lost wake-up: see `tree`'s invariant 6 (link under the lock, `fence(SeqCst)`,
 //!    then re-read the state; the canceller CASes the state, fences, then closes the list).
 //!
-//! A context nobody waits on never allocates a list and never takes the lock.
+//! A context nobody waits on never takes a lock; waiting never allocates (a context with
+//! no table keeps its list in a word of the node, `tree` invariant 9).
 
 use core::future::Future;
 use core::marker::PhantomPinned;
@@ -27,8 +29,47 @@ use pin_project_lite::pin_project;
 
 use crate::context::{Context, Ctx};
 use crate::error::Error;
-use crate::sync::{Ordering::Relaxed, UnsafeCell};
-use crate::tree::Side;
+use crate::sync::{Mutex, UnsafeCell};
+use crate::tree::{CancelNode, Side, SIDE_CLOSED, SIDE_INLINE, SIDE_TAGS};
+
+// ---------------------------------------------------------------------------------------
+// Stripe locks: one small static array of locks guards every wait list (as parking_lot's
+// hashed buckets), so a node pays no bytes for a lock.
+
+/// Stripes: enough that unrelated contexts rarely share one (with `std`, each on its own
+/// cache line: 4 KiB in all); a few bytes without `std` (a critical section is one global
+/// lock anyway); one under loom (a model must be deterministic, and addresses are not;
+/// one lock for all also makes every model exercise unrelated lists sharing a lock).
+#[cfg(all(feature = "std", not(loom)))]
+const STRIPES: usize = 64;
+#[cfg(all(not(feature = "std"), not(loom)))]
+const STRIPES: usize = 8;
+#[cfg(loom)]
+const STRIPES: usize = 1;
+
+#[cfg_attr(all(feature = "std", not(loom)), repr(align(64)))]
+struct Stripe(Mutex<()>);
+
+#[cfg(not(loom))]
+static LOCKS: [Stripe; STRIPES] = [const { Stripe(Mutex::new(())) }; STRIPES];
+
+#[cfg(loom)]
+loom::lazy_static! {
+    static ref LOCKS: [Stripe; STRIPES] = core::array::from_fn(|_| Stripe(Mutex::new(())));
+}
+
+/// The lock guarding `n`'s wait list (`tree` invariant 9).
+pub(crate) fn stripe_of(n: &CancelNode) -> &'static Mutex<()> {
+    // Fibonacci hashing of the address: nodes are at least 16 bytes apart, so the low bits
+    // carry little; the multiply spreads the middle bits into the top ones.
+    const K: usize = 0x9E37_79B9_7F4A_7C15_u64 as usize;
+    if STRIPES == 1 {
+        return &LOCKS[0].0;
+    }
+    let a = ptr::from_ref(n).addr();
+    let i = a.wrapping_mul(K) >> (usize::BITS - STRIPES.trailing_zeros());
+    &LOCKS[i % STRIPES].0
+}
 
 pub(crate) struct WaiterNode {
     prev: *mut WaiterNode,
@@ -37,11 +78,14 @@ pub(crate) struct WaiterNode {
     linked: bool,
 }
 
-/// The waiters of one context (lives in the context's lazily allocated side table).
+/// The waiters of one context: in its table, or inline in its node's `side` word
+/// (`tree` invariant 9). Guarded by the context's stripe lock.
 pub(crate) struct WaitList {
     head: *mut WaiterNode,
     closed: bool,
 }
+
+const _: () = assert!(core::mem::align_of::<WaiterNode>() > SIDE_TAGS);
 
 // SAFETY: the raw pointers are only dereferenced under the list's lock (invariant 1), and
 // the nodes they point at belong to futures that unlink before they are dropped.
@@ -53,6 +97,29 @@ impl WaitList {
             head: ptr::null_mut(),
             closed: false,
         }
+    }
+
+    /// The inline list a `side` word that is not a table holds (null: empty and open).
+    pub(crate) fn from_side_word(w: *mut Side) -> Self {
+        WaitList {
+            head: w.cast::<WaiterNode>().map_addr(|a| a & !SIDE_TAGS),
+            closed: w.addr() & SIDE_CLOSED != 0,
+        }
+    }
+
+    /// The `side` word holding this list inline (null when empty and open).
+    pub(crate) fn to_side_word(&self) -> *mut Side {
+        if self.head.is_null() && !self.closed {
+            return ptr::null_mut();
+        }
+        let closed = if self.closed { SIDE_CLOSED } else { 0 };
+        self.head
+            .cast::<Side>()
+            .map_addr(|a| a | SIDE_INLINE | closed)
+    }
+
+    pub(crate) fn has_waiter(&self) -> bool {
+        !self.head.is_null()
     }
 
     /// Invariant 2: marks the list closed and moves up to one batch of wakers out,
@@ -175,12 +242,13 @@ impl Drop for WakeBatch {
 /// The part of a waiting future that may sit in a wait list.
 struct Waiter {
     node: UnsafeCell<WaiterNode>,
-    /// The side table we linked into (kept alive by the context we wait on).
-    side: *const Side,
+    /// The cancel node whose list we linked into (kept alive by the context we wait on);
+    /// null if we have not linked since the last unlink.
+    src: *const CancelNode,
     _pin: PhantomPinned,
 }
 
-// SAFETY: the node is touched only under the wait list's lock (invariant 1); `side` is a
+// SAFETY: the node is touched only under the wait list's lock (invariant 1); `src` is a
 // shared reference's address.
 unsafe impl Send for Waiter {}
 // SAFETY: `&Waiter` exposes nothing.
@@ -195,7 +263,7 @@ impl Waiter {
                 waker: None,
                 linked: false,
             }),
-            side: ptr::null(),
+            src: ptr::null(),
             _pin: PhantomPinned,
         }
     }
@@ -213,35 +281,52 @@ impl Waiter {
         let Some(src) = h.state_src() else {
             return Poll::Pending; // detached, no deadline: never done
         };
-        let side = src.ensure_side();
-        // Invariant 3 (tree invariant 6): the flag is set before our fence, so a walker
-        // that skips the lock because it read the flag unset is one our re-check sees.
-        // Relaxed: the fences order it. Loaded first, so repeated polls do not write.
-        if !side.has_waiters.load(Relaxed) {
-            side.has_waiters.store(true, Relaxed);
+        let n = self.node.with_mut(|n| n);
+        // Invariant 1: clone before locking. A waiter not linked yet needs the clone; a
+        // linked one usually still holds a waker that will wake this task.
+        let mut fresh = self.src.is_null().then(|| cx.waker().clone());
+        enum Step {
+            Closed,
+            Linked(Option<Waker>),
+            NeedClone,
         }
-        // Invariant 1: a replaced waker is dropped after the guard.
-        let _replaced: Option<Waker> = {
-            let mut list = side.waiters.lock();
-            if list.closed {
-                return Poll::Ready(());
-            }
-            let n = self.node.with_mut(|n| n);
-            // SAFETY: we hold the lock; the node is pinned with us (invariant 1).
-            unsafe {
-                if (*n).linked {
-                    match &mut (*n).waker {
-                        Some(w) if w.will_wake(cx.waker()) => None,
-                        w => w.replace(cx.waker().clone()),
-                    }
-                } else {
-                    let old = (*n).waker.replace(cx.waker().clone());
-                    list.link(n);
-                    old
+        let replaced = loop {
+            let step = src.with_waiters(|list| {
+                if list.closed {
+                    return Step::Closed;
                 }
+                // SAFETY: we hold the lock; the node is pinned with us (invariant 1).
+                unsafe {
+                    if (*n).linked {
+                        match &mut (*n).waker {
+                            Some(w) if w.will_wake(cx.waker()) => Step::Linked(None),
+                            w => match fresh.take() {
+                                Some(f) => Step::Linked(w.replace(f)),
+                                None => Step::NeedClone,
+                            },
+                        }
+                    } else {
+                        match fresh.take() {
+                            Some(f) => {
+                                let old = (*n).waker.replace(f);
+                                list.link(n);
+                                Step::Linked(old)
+                            }
+                            None => Step::NeedClone,
+                        }
+                    }
+                }
+            });
+            match step {
+                // Cancelled: a node still linked is unlinked when we are dropped.
+                Step::Closed => return Poll::Ready(()),
+                Step::Linked(old) => break old,
+                Step::NeedClone => fresh = Some(cx.waker().clone()),
             }
         };
-        self.side = side;
+        self.src = src;
+        // Invariant 1: a replaced waker is dropped outside the lock.
+        drop(replaced);
         // Invariant 3: the fenced re-check after linking.
         if src.recheck_cancelled() || h.is_done() {
             self.unlink();
@@ -251,15 +336,15 @@ impl Waiter {
     }
 
     fn unlink(&mut self) {
-        if self.side.is_null() {
+        if self.src.is_null() {
             return;
         }
-        // SAFETY: the side lives as long as the context we wait on, which outlives us.
-        let side = unsafe { &*self.side };
-        // Invariant 1: the waker is dropped after the guard.
-        let _waker: Option<Waker> = {
-            let mut list = side.waiters.lock();
-            let n = self.node.with_mut(|n| n);
+        // SAFETY: the node lives as long as the context we wait on, which outlives us.
+        let src = unsafe { &*self.src };
+        self.src = ptr::null();
+        let n = self.node.with_mut(|n| n);
+        // Invariant 1: the waker is dropped after the lock is released.
+        let _waker: Option<Waker> = src.with_waiters(|list| {
             // SAFETY: under the lock (invariant 1).
             unsafe {
                 if (*n).linked {
@@ -267,7 +352,7 @@ impl Waiter {
                 }
                 (*n).waker.take()
             }
-        };
+        });
     }
 }
 
@@ -279,8 +364,9 @@ impl Drop for Waiter {
 
 /// Completes when a context is done (Go's `<-ctx.Done()`). From [`Ctx::cancelled`].
 ///
-/// A waiter allocates nothing of its own: it links a node pinned inside this future into
-/// the context's wait list (created on the first wait). Cancel wakes every waiter exactly
+/// Waiting allocates nothing: the future links a node pinned inside itself into the
+/// context's wait list (a word of the context's node until it has a table, with the lock
+/// taken from a small static set). Cancel wakes every waiter exactly
 /// once. A deadline is noticed at each poll; the core arms no timer, so to wake *at* a
 /// deadline use a runtime adapter (or poll again).
 #[must_use = "futures do nothing unless polled"]
@@ -350,7 +436,7 @@ impl Future for CancelledOwned {
 impl core::fmt::Debug for Waiter {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Waiter")
-            .field("registered", &!self.side.is_null())
+            .field("registered", &!self.src.is_null())
             .finish()
     }
 }

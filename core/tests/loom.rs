@@ -524,3 +524,64 @@ fn static_root_with_heap_and_pinned_children_races_cancel() {
         assert!(heap.is_cancelled());
     });
 }
+
+/// Invariant 9: a waiter linked in a node's inline wait list while a child's registration
+/// installs the node's table (moving the list into it) and the node is cancelled: the
+/// waiter is woken once, the child is cancelled, and nothing leaks.
+#[test]
+fn inline_waiters_move_into_table_racing_cancel() {
+    model(|| {
+        let (ctx, cancel) = Context::background().child();
+        let w = ctx.clone();
+        let r = ctx.clone();
+        let tw = thread::spawn(move || loom::future::block_on(w.cancelled()));
+        let tr = thread::spawn(move || r.child());
+        cancel.cancel();
+        tw.join().unwrap();
+        let (child, _h) = tr.join().unwrap();
+        assert!(child.is_cancelled());
+    });
+}
+
+/// Invariant 9: a waiter polled once (linked inline) and then dropped, while a registrant
+/// moves the inline list into a new table: the waiter unlinks from wherever its list is.
+#[test]
+fn waiter_drop_races_inline_list_move() {
+    use core::future::Future;
+    use core::task::{Context as Cx, Waker};
+    model(|| {
+        let (ctx, cancel) = Context::background().child();
+        let w = ctx.clone();
+        let r = ctx.clone();
+        let tw = thread::spawn(move || {
+            let mut f = Box::pin(w.cancelled_owned());
+            let pending = f
+                .as_mut()
+                .poll(&mut Cx::from_waker(Waker::noop()))
+                .is_pending();
+            drop(f);
+            pending
+        });
+        let tr = thread::spawn(move || r.child());
+        let (child, _h) = tr.join().unwrap();
+        assert!(tw.join().unwrap(), "nothing cancelled it");
+        cancel.cancel();
+        assert!(child.is_cancelled());
+    });
+}
+
+/// Wait lists of different contexts may share a stripe lock (under loom all do):
+/// waiters on two children are both woken by their parent's walk.
+#[test]
+fn waiters_on_sibling_contexts_woken_by_one_walk() {
+    model(|| {
+        let (root, cancel) = Context::background().child();
+        let (a, _ha) = root.child();
+        let (b, _hb) = root.child();
+        let ta = thread::spawn(move || loom::future::block_on(a.cancelled()));
+        let tb = thread::spawn(move || loom::future::block_on(b.cancelled()));
+        cancel.cancel();
+        ta.join().unwrap();
+        tb.join().unwrap();
+    });
+}
