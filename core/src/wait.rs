@@ -13,6 +13,9 @@
 //!    that arrives later sees `closed` under the lock and completes without linking.
 //! 3. No lost wake-up: see `tree`'s invariant 6 (link under the lock, `fence(SeqCst)`,
 //!    then re-read the state; the canceller CASes the state, fences, then closes the list).
+//! 4. A node's `linked` flag is set and cleared under the lock; the walker that takes a
+//!    node out clears it last (Release). A waiter that reads it clear (Acquire) owns its
+//!    node again and skips the lock (as tokio's `Notify` reads its waiter's notification).
 //!
 //! A context nobody waits on never takes a lock; waiting never allocates (a context with
 //! no table keeps its list in a word of the node, `tree` invariant 9).
@@ -29,7 +32,7 @@ use pin_project_lite::pin_project;
 
 use crate::context::{Context, Ctx};
 use crate::error::Error;
-use crate::sync::{Mutex, UnsafeCell};
+use crate::sync::{AtomicBool, Mutex, Ordering::*, UnsafeCell};
 use crate::tree::{CancelNode, Side, SIDE_CLOSED, SIDE_INLINE, SIDE_TAGS};
 
 // ---------------------------------------------------------------------------------------
@@ -75,7 +78,9 @@ pub(crate) struct WaiterNode {
     prev: *mut WaiterNode,
     next: *mut WaiterNode,
     waker: Option<Waker>,
-    linked: bool,
+    /// Written under the lock. Cleared with Release by a walker taking the node out, as
+    /// its last access (invariant 4), so the waiter reads it without the lock.
+    linked: AtomicBool,
 }
 
 /// The waiters of one context: in its table, or inline in its node's `side` word
@@ -132,17 +137,20 @@ impl WaitList {
             if p.is_null() {
                 return false;
             }
-            // SAFETY: linked nodes are alive (invariant 1) and we hold the lock.
-            let n = unsafe { &mut *p };
-            self.head = n.next;
-            if !self.head.is_null() {
-                // SAFETY: as above.
-                unsafe { (*self.head).prev = ptr::null_mut() };
-            }
-            n.linked = false;
-            n.next = ptr::null_mut();
-            if let Some(w) = n.waker.take() {
-                batch.push(w);
+            // SAFETY: linked nodes are alive (invariant 1) and we hold the lock. Fields are
+            // reached through the raw pointer: the waiter may read `linked` meanwhile.
+            unsafe {
+                self.head = (*p).next;
+                if !self.head.is_null() {
+                    (*self.head).prev = ptr::null_mut();
+                }
+                (*p).next = ptr::null_mut();
+                if let Some(w) = (*p).waker.take() {
+                    batch.push(w);
+                }
+                // Release: our last access to the node (invariant 4); its waiter may now
+                // skip the lock, and its future may go.
+                (*p).linked.store(false, Release);
             }
         }
         !self.head.is_null()
@@ -158,7 +166,8 @@ impl WaitList {
             if !self.head.is_null() {
                 (*self.head).prev = n;
             }
-            (*n).linked = true;
+            // Relaxed: under the lock; only this node's own waiter reads it without it.
+            (*n).linked.store(true, Relaxed);
         }
         self.head = n;
     }
@@ -177,7 +186,8 @@ impl WaitList {
             if !next.is_null() {
                 (*next).prev = prev;
             }
-            (*n).linked = false;
+            // Relaxed: the waiter unlinking itself is the only lock-free reader.
+            (*n).linked.store(false, Relaxed);
             (*n).prev = ptr::null_mut();
             (*n).next = ptr::null_mut();
         }
@@ -261,7 +271,7 @@ impl Waiter {
                 prev: ptr::null_mut(),
                 next: ptr::null_mut(),
                 waker: None,
-                linked: false,
+                linked: AtomicBool::new(false),
             }),
             src: ptr::null(),
             _pin: PhantomPinned,
@@ -297,7 +307,8 @@ impl Waiter {
                 }
                 // SAFETY: we hold the lock; the node is pinned with us (invariant 1).
                 unsafe {
-                    if (*n).linked {
+                    // Relaxed: under the lock, which orders every write of it.
+                    if (*n).linked.load(Relaxed) {
                         match &mut (*n).waker {
                             Some(w) if w.will_wake(cx.waker()) => Step::Linked(None),
                             w => match fresh.take() {
@@ -343,11 +354,21 @@ impl Waiter {
         let src = unsafe { &*self.src };
         self.src = ptr::null();
         let n = self.node.with_mut(|n| n);
+        // Invariant 4: a walker took the node out; nobody else touches it any more, so no
+        // lock (a woken task does not contend with the walk still waking others). Acquire:
+        // pairs with the walker's Release, its last access.
+        // SAFETY: our own pinned node; `linked` is an atomic.
+        if !unsafe { &(*n).linked }.load(Acquire) {
+            // SAFETY: as just said, the node is ours alone.
+            drop(unsafe { (*n).waker.take() });
+            return;
+        }
         // Invariant 1: the waker is dropped after the lock is released.
         let _waker: Option<Waker> = src.with_waiters(|list| {
             // SAFETY: under the lock (invariant 1).
             unsafe {
-                if (*n).linked {
+                // Relaxed: under the lock, which orders every write of it.
+                if (*n).linked.load(Relaxed) {
                     list.unlink(n);
                 }
                 (*n).waker.take()
