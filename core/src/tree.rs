@@ -912,12 +912,13 @@ impl CancelNode {
     #[cfg(feature = "alloc")]
     #[cold]
     fn install_heap_side(&self) -> &Side {
+        // Allocated and, if we lose, freed outside the lock (no allocator code under it).
         let new = Side::new_heap();
-        // Invariant 9: the word changes only under the stripe lock once published.
-        let _g = crate::wait::stripe_of(self).lock();
-        // Relaxed: every writer of the word holds the lock we hold.
+        let g = crate::wait::stripe_of(self).lock();
+        // Relaxed: every writer of the word holds the lock we hold (invariant 9).
         let cur = self.side.load(Relaxed);
         if is_table(cur) {
+            drop(g);
             // SAFETY: `new` was never shared.
             unsafe { Side::free_heap(new) };
             // SAFETY: published; lives until the node is freed.
@@ -936,6 +937,7 @@ impl CancelNode {
         }
         // Release: publishes the initialised table (and flag) to lock-free readers.
         self.side.store(new, Release);
+        drop(g);
         // SAFETY: just published; lives until the node is freed.
         unsafe { &*new }
     }
