@@ -127,9 +127,10 @@ pub(crate) fn spin_hint() {
     core::hint::spin_loop();
 }
 
-/// A mutual-exclusion lock used only by wait lists' stripe locks (never on the cancel,
-/// create, drop, check or lookup paths of a context nobody waits on): std's `Mutex` with `std`, loom's under loom, a critical section
-/// with feature `critical-section`, otherwise a small test-and-test-and-set spin lock.
+/// A mutual-exclusion lock used only as the wait lists' stripe locks (never on the cancel,
+/// create, drop, check or lookup paths of a context nobody waits on): std's `Mutex` with
+/// `std`, loom's under loom, a critical section with feature `critical-section`, otherwise
+/// a small test-and-test-and-set spin lock.
 ///
 /// The spin lock is not interrupt-safe: on a single core, an interrupt handler that polls a
 /// waiting future or cancels a context while the interrupted code holds the same list's

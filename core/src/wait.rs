@@ -8,9 +8,10 @@
 //!    are cloned before it is taken, and wakers taken out or replaced are woken or dropped
 //!    after it is released (a waker's `Drop` may drop another waiter, whose context may
 //!    share the stripe). So a stripe lock is never held while taking another.
-//! 2. `close_and_wake` runs once per context (the cancel walker's, invariant 4 of `tree`):
-//!    it marks the list closed, unlinks every waiter and wakes each exactly once. A waiter
-//!    that arrives later sees `closed` under the lock and completes without linking.
+//! 2. Closing (`tree::notify`, with `close_and_take`) runs once per context (the cancel
+//!    walker's, `tree` invariant 4): it marks the list closed, unlinks every waiter and
+//!    wakes each exactly once. A waiter that arrives later sees `closed` under the lock
+//!    and completes without linking.
 //! 3. No lost wake-up: see `tree`'s invariant 6 (link under the lock, `fence(SeqCst)`,
 //!    then re-read the state; the canceller CASes the state, fences, then closes the list).
 //! 4. A node's `linked` flag is set and cleared under the lock; the walker that takes a
@@ -387,9 +388,9 @@ impl Drop for Waiter {
 ///
 /// Waiting allocates nothing: the future links a node pinned inside itself into the
 /// context's wait list (a word of the context's node until it has a table, with the lock
-/// taken from a small static set). Cancel wakes every waiter exactly
-/// once. A deadline is noticed at each poll; the core arms no timer, so to wake *at* a
-/// deadline use a runtime adapter (or poll again).
+/// taken from a small static set). Cancel wakes every waiter exactly once. A deadline is
+/// noticed at each poll; the core arms no timer, so to wake *at* a deadline use a runtime
+/// adapter (or poll again).
 #[must_use = "futures do nothing unless polled"]
 #[derive(Debug)]
 pub struct Cancelled<'a> {
