@@ -65,8 +65,13 @@ loom::lazy_static! {
 /// The lock guarding `n`'s wait list (`tree` invariant 9).
 pub(crate) fn stripe_of(n: &CancelNode) -> &'static Mutex<()> {
     // Fibonacci hashing of the address: nodes are at least 16 bytes apart, so the low bits
-    // carry little; the multiply spreads the middle bits into the top ones.
-    const K: usize = 0x9E37_79B9_7F4A_7C15_u64 as usize;
+    // carry little; the multiply spreads the middle bits into the top ones. K is 2^BITS
+    // over the golden ratio, for the pointer width (not a truncated 64-bit constant).
+    const K: usize = if usize::BITS == 64 {
+        0x9E37_79B9_7F4A_7C15_u64 as usize
+    } else {
+        0x9E37_79B9
+    };
     if STRIPES == 1 {
         return &LOCKS[0].0;
     }
