@@ -1,0 +1,2 @@
+//! kontext for tower services (work in progress).
+#![forbid(unsafe_code)]
