@@ -773,6 +773,30 @@ impl Header {
         None
     }
 
+    /// What an observer would report, without side effects: it cancels nothing and runs
+    /// no callback (for `Debug`). An expired deadline that nobody has observed yet reads as
+    /// `DeadlineExceeded` with the deadline's cause.
+    #[allow(dead_code)] // for `Debug`
+    pub(crate) fn peek(&self) -> Option<(Error, &Cause)> {
+        if let Some(s) = self.state_src {
+            // Acquire: as in `is_done`. SAFETY: invariant 2.
+            let st = unsafe { s.as_ref() }.state.load(Acquire);
+            if st.addr() != LIVE {
+                return Some(resolve(s, st));
+            }
+        }
+        // SAFETY: invariant 2.
+        let te = unsafe { time_ext(self.time_src?) };
+        if !te.has_passed() {
+            return None;
+        }
+        let own = te.cause.as_ref().map(cause_ref);
+        Some((
+            Error::DeadlineExceeded,
+            own.unwrap_or(Error::DeadlineExceeded.as_cause()),
+        ))
+    }
+
     /// Why the context is done; `None` while it is not.
     pub(crate) fn err(&self) -> Option<Error> {
         self.done_state().map(|(_, st)| reason_of(st))
