@@ -73,6 +73,24 @@
 //!    table and sets the table's `has_waiters` before publishing it. So a lock holder that
 //!    reloads the word finds the one list there is; lock-free readers (the walker,
 //!    registrants) only test it, and never dereference a tagged word.
+//! 10. Observers see final states only. An observer reports a context done only from its
+//!     `state_src`'s final state. One that sees the deadline passed while `state_src` is
+//!     live makes it final first (`Header::settle`): it fires the deadline (cancels the
+//!     deadline's node with `DeadlineExceeded`, invariant 4's CAS) and, if a walk from
+//!     above (another thread's) has still not reached `state_src`, overtakes it with the
+//!     state that walk carries (the nearest final state above). So successive observations
+//!     agree (Go: "successive calls to Err return the same error"), and a `cancel()` that
+//!     wins its CAS won before anyone saw the context done.
+//! 11. No waker runs while the walk holds a user node's registration. A woken task may run
+//!     at once, on this thread (an executor that polls inline) or preempting it (an
+//!     interrupt executor on one core), and drop a pinned node's storage, whose detach
+//!     waits for the walker to release that registration (invariant 8): a wake there would
+//!     never return. So while the current path holds a user node, the wakers of the nodes
+//!     it walks are moved out of their lists (closing them, wait invariant 2) and kept;
+//!     they are woken once the walk holds no user registration any more. Callbacks need no
+//!     such care: they are heap entries of heap nodes, and a heap node never sits below a
+//!     pinned one (invariant 8). With `alloc` any number is kept (past 32, in a vector);
+//!     without it, 32 per user subtree, and further ones are woken at once (documented).
 //!
 //! # Deadlock and panic safety
 //!
@@ -81,9 +99,12 @@
 //! running user code: wakers are cloned before it is taken, woken and dropped after it is
 //! released (`wait` invariant 1).
 //!
-//! User code (callbacks, wakers, values' and closures' `Drop`) that panics during a cancel
-//! walk is caught (with `std`): the walk finishes, then the first panic resumes. Freeing a
-//! node whose contents panic while dropping still frees it and releases its parent.
+//! User code (callbacks, wakers, clocks, values' and closures' `Drop`) that panics during
+//! a cancel walk is caught (with `std`): the walk finishes, then the first panic resumes
+//! out of the `cancel()` that started it; a walk an observer started because it saw a
+//! deadline pass contains them instead (invariant 10: the panic hook has reported them; a
+//! component's panic never escapes through another's observer). Freeing a node whose
+//! contents panic while dropping still frees it and releases its parent.
 //! Without `std` a panic unwinds (or aborts) out of the walk; the tree stays memory-safe
 //! but the rest of the walk does not happen.
 
@@ -723,54 +744,79 @@ impl Header {
         self.time().map(|t| t.clock)
     }
 
-    /// True once cancelled or past the deadline (observing an expiry cancels its owner).
+    /// True once cancelled or past the deadline. Seeing the deadline passed makes the
+    /// node's state final first (`settle`), so every later answer is the same.
     #[inline]
     pub(crate) fn is_done(&self) -> bool {
-        if let Some(s) = self.state_src() {
-            // Acquire: pairs with the AcqRel (Release) CAS in `cancel`, so a `true` here
-            // happens-after the cancel (and its cause record is visible).
-            if s.state.load(Acquire).addr() != LIVE {
-                return true;
-            }
+        let Some(s) = self.state_src else {
+            return false; // no cancel node above: neither cancellable nor a deadline
+        };
+        // Acquire: pairs with the AcqRel (Release) CAS in `cancel`, so a `true` here
+        // happens-after the cancel (and its cause record is visible).
+        // SAFETY: invariant 2.
+        if unsafe { s.as_ref() }.state.load(Acquire).addr() != LIVE {
+            return true;
         }
-        self.check_deadline()
+        self.deadline_passed() && {
+            self.settle();
+            true
+        }
     }
 
+    /// Whether the effective deadline has passed on the tree's clock (reads the clock).
     #[inline]
-    fn check_deadline(&self) -> bool {
-        match self.time_src {
-            None => false,
-            Some(t) => {
-                // SAFETY: invariant 2.
-                let te = unsafe { time_ext(t) };
-                te.has_passed() && {
-                    expire(t);
-                    true
-                }
-            }
-        }
+    fn deadline_passed(&self) -> bool {
+        // SAFETY: invariant 2.
+        self.time_src
+            .is_some_and(|t| unsafe { time_ext(t) }.has_passed())
     }
 
     /// The node whose final state answers "why done" (`None` while live), with that state.
+    /// It is always `state_src`'s final state: an observer never reports a state that a
+    /// cancel walk still on its way could change (invariant 10).
     fn done_state(&self) -> Option<(NonNull<CancelNode>, *mut CauseRecord)> {
-        if let Some(s) = self.state_src {
+        let s = self.state_src?;
+        // Acquire: as in `is_done`. SAFETY: invariant 2.
+        let st = unsafe { s.as_ref() }.state.load(Acquire);
+        if st.addr() != LIVE {
+            return Some((s, st));
+        }
+        self.deadline_passed().then(|| self.settle())
+    }
+
+    /// Invariant 10: our deadline has passed while `state_src` is live. Fires the deadline
+    /// (cancels its node, on this thread), then, if a walk from above has still not reached
+    /// `state_src` (another thread's, in progress), overtakes it with the state it carries
+    /// (the nearest final state above). Returns `state_src`'s final state.
+    #[cold]
+    fn settle(&self) -> (NonNull<CancelNode>, *mut CauseRecord) {
+        let t = self.time_src.expect("a deadline has a time source");
+        let s = self.state_src.expect("a deadline has a state source");
+        // SAFETY: invariant 2; only deadline nodes (cancel nodes) have deadlines that pass.
+        let te = unsafe { time_ext(t) };
+        cancel_observed(t.cast(), deadline_state(te));
+        loop {
             // Acquire: as in `is_done`. SAFETY: invariant 2.
             let st = unsafe { s.as_ref() }.state.load(Acquire);
             if st.addr() != LIVE {
-                return Some((s, st));
+                return (s, st);
             }
+            // The deadline's node `t` is final now and is `s` or above it, so this finds a
+            // final owner (at the latest, `t`).
+            let mut o = s;
+            let inh = loop {
+                // SAFETY: invariant 2.
+                o = owner_ptr(unsafe { &o.as_ref().header })
+                    .expect("a live node below a done deadline has an owner");
+                // Acquire: the owner's final state, published by its CAS.
+                // SAFETY: invariant 2.
+                let ost = unsafe { o.as_ref() }.state.load(Acquire);
+                if ost.addr() != LIVE {
+                    break inherit(ost);
+                }
+            };
+            cancel_observed(s, inh);
         }
-        if self.check_deadline() {
-            // Only deadline nodes have deadlines, and they are cancel nodes.
-            let owner = self
-                .time_src
-                .expect("a deadline has a time source")
-                .cast::<CancelNode>();
-            // Acquire: `expire` has returned, so somebody won the owner's CAS; as above.
-            // SAFETY: invariant 2.
-            return Some((owner, unsafe { owner.as_ref() }.state.load(Acquire)));
-        }
-        None
     }
 
     /// What an observer would report, without side effects: it cancels nothing and runs
@@ -1505,10 +1551,11 @@ pub(crate) unsafe fn detach_user(n: NonNull<CancelNode>) {
     if h.link.slot != NO_SLOT {
         let owner = owner_of(h).expect("a registered node has an owner");
         if !unregister(owner, n.cast(), h.link.slot) {
-            // A cancel walker took our slot first: it may still be walking our table or
-            // waking our waiters. It clears `MEM_REGISTERED` as its last access; bounded
-            // by its progress (it runs no user code of ours: our callbacks and waiters are
-            // gone, by the caller's guarantee).
+            // A cancel walker took our slot first: it may still be walking our table. It
+            // clears `MEM_REGISTERED` as its last access. The wait is bounded by its
+            // progress: while it holds our registration it runs no waker (invariant 11)
+            // and no callback (none hangs below a user node), so it cannot be waiting for
+            // us, on this thread or on one we preempted.
             // Acquire: pairs with the Release in `release_registered`.
             while h.link.refs.load(Acquire) & MEM_REGISTERED != 0 {
                 crate::sync::spin_hint();
@@ -1675,15 +1722,6 @@ pub(crate) fn reason_state(reason: Error) -> *mut CauseRecord {
     })
 }
 
-/// Observes an expired deadline: cancels the deadline's owner with `DeadlineExceeded`.
-#[cold]
-fn expire(t: NonNull<Header>) {
-    // SAFETY: only deadline nodes have a deadline (others have `NEVER`); kept alive by the
-    // caller's node (invariant 2).
-    let te = unsafe { time_ext(t) };
-    cancel(t.cast(), deadline_state(te));
-}
-
 /// The state of a deadline node whose own deadline fired.
 fn deadline_state(te: &TimeExt) -> *mut CauseRecord {
     sentinel(if te.cause.is_some() {
@@ -1711,10 +1749,23 @@ impl TimeExt {
 /// Cancels `root` and its whole subtree with `state` (a sentinel or an owned record).
 /// Returns false, freeing the record, if `root` was already done (first cancel wins).
 ///
-/// Callbacks run on this thread. With `std`, a panicking callback is caught, the rest of
-/// the subtree is still cancelled and every other callback still runs, and then the first
-/// panic resumes here (unless this thread is already panicking).
+/// For the canceller (`cancel()`, `cancel_with_cause`). Callbacks run on this thread. With
+/// `std`, a panicking callback or waker is caught, the rest of the subtree is still
+/// cancelled and every other callback still runs, and then the first panic resumes here
+/// (unless this thread is already panicking).
 pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool {
+    walk(root, state, Panics::resume())
+}
+
+/// As `cancel`, for a walk that an observer starts because it saw a deadline pass
+/// (invariant 10). The walk is the same, but panics of user code met on the way are not
+/// the observer's: they are caught (with `std`; the panic hook has reported them) and not
+/// resumed, so one component's panicking callback never panics another's `is_cancelled`.
+pub(crate) fn cancel_observed(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool {
+    walk(root, state, Panics::contain())
+}
+
+fn walk(root: NonNull<CancelNode>, state: *mut CauseRecord, mut panics: Panics) -> bool {
     // SAFETY: the caller holds a handle (or a registered reference) on `root`.
     let r = unsafe { root.as_ref() };
     // AcqRel (in `cas_then_fence`): Release publishes the record; Acquire orders the walk
@@ -1727,8 +1778,14 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
         }
         return false;
     }
-    let mut panics = Panics::default();
-    notify(r, &mut panics);
+    // The root is the caller's to keep alive (a handle, or a borrow of its storage): its
+    // waiters are woken at once.
+    notify(r, None, &mut panics);
+    // Invariant 11: wakers met while we hold a user node's registration wait here until we
+    // hold none.
+    let mut deferred = Deferred::new();
+    // User nodes on the current path below the root (their registrations are ours).
+    let mut held_user = 0usize;
     let mut cur = root;
     // What the children of `cur` inherit.
     let mut inh = r.inherited_state();
@@ -1742,8 +1799,12 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
         match cur_side.and_then(|s| s.take_from(&mut next)) {
             Some(l) => {
                 // SAFETY: taking the slot gave us its registered reference.
-                match unsafe { l.as_ref() }.kind {
+                let link = unsafe { l.as_ref() };
+                match link.kind {
                     Kind::Callback => {
+                        // Callbacks are heap entries owned by heap nodes, which never sit
+                        // below a pinned user node (invariant 8); `held_user` can only
+                        // count `static` nodes here, which never detach.
                         // SAFETY: callback entries are `CallbackHead`-prefixed.
                         unsafe { run_callback(l, &mut panics) };
                         // SAFETY: we own the registered reference. Freeing may drop user
@@ -1752,40 +1813,47 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                     }
                     kind @ (Kind::Cancel | Kind::Deadline) => {
                         let child = l.cast::<CancelNode>();
+                        let user = link.storage == Storage::User;
                         // SAFETY: as above.
                         let ch = unsafe { child.as_ref() };
                         // A deadline that has passed fired first, even if nobody has looked
                         // yet (Go's timer would have): the child reports its own deadline.
-                        let st = match kind {
-                            Kind::Deadline => {
-                                // SAFETY: a deadline node, alive through our reference.
-                                let te = unsafe { time_ext(l.cast()) };
-                                passed_deadline_state(te).unwrap_or(inh)
-                            }
-                            _ => inh,
-                        };
+                        // The clock is user code: if it panics, the walk goes on, and the
+                        // child inherits.
+                        let mut st = inh;
+                        if kind == Kind::Deadline {
+                            // SAFETY: a deadline node, alive through our reference.
+                            let te = unsafe { time_ext(l.cast()) };
+                            panics.call(|| {
+                                if let Some(own) = passed_deadline_state(te) {
+                                    st = own;
+                                }
+                            });
+                        }
                         // As the root's CAS; the fence is invariants 5 and 6 for the child's
                         // own registrants and waiters.
                         if cas_then_fence(&ch.state, sentinel(LIVE), st) {
                             // After the fence: a registrant or waiter we do not see here
                             // sees the child cancelled (invariants 5 and 6).
-                            notify(ch, &mut panics);
+                            let defer = user || held_user > 0;
+                            notify(ch, defer.then_some(&mut deferred), &mut panics);
                             let ch_side = ch.side();
                             if ch_side.is_some_and(|s| s.has_entries()) {
                                 cur = child;
                                 cur_side = ch_side;
                                 inh = inherit(st);
                                 next = 0;
-                            } else {
-                                // Nothing registered below it: done with the child without
-                                // descending (a leaf, or only waiters).
-                                // SAFETY: we own the registered reference; as for callbacks.
-                                panics.call(|| unsafe { release_registered(l) });
+                                held_user += usize::from(user);
+                                continue;
                             }
-                        } else {
-                            // Cancelled on its own already: its canceller walks its subtree.
-                            // SAFETY: we own the registered reference; as for callbacks.
-                            panics.call(|| unsafe { release_registered(l) });
+                        }
+                        // Cancelled on its own already (its canceller walks its subtree),
+                        // or nothing registered below it (a leaf, or only waiters): done
+                        // with the child without descending.
+                        // SAFETY: we own the registered reference; as for callbacks.
+                        panics.call(|| unsafe { release_registered(l) });
+                        if held_user == 0 {
+                            deferred.wake_all(&mut panics);
                         }
                     }
                     k => unreachable!("{k:?} in a slot table"),
@@ -1797,10 +1865,14 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
                 }
                 let up = owner_ptr(&c.header).expect("registered nodes have an owner");
                 next = c.header.link.slot as usize + 1;
+                held_user -= usize::from(c.header.link.storage == Storage::User);
                 // SAFETY: we took `cur`'s registration from `up`'s table; `up` stays alive
                 // through our reference on it (or the caller's, for the root). As above, a
-                // panic while freeing must not stop the walk.
+                // panic while freeing must not stop the walk. `cur` is not touched again.
                 panics.call(|| unsafe { release_registered(cur.cast()) });
+                if held_user == 0 {
+                    deferred.wake_all(&mut panics);
+                }
                 cur = up;
                 // SAFETY: alive, as just said.
                 let u = unsafe { up.as_ref() };
@@ -1809,16 +1881,18 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
             }
         }
     }
+    debug_assert_eq!(held_user, 0);
     panics.finish();
     true
 }
 
-/// Closes `n`'s wait list and wakes every waiter exactly once (wait invariant 2).
+/// Closes `n`'s wait list and wakes every waiter exactly once (wait invariant 2), or, with
+/// `defer`, moves their wakers there for the walk to wake later (invariant 11).
 ///
 /// Wakers are taken out in batches under the lock and woken after releasing it, so a waker
 /// that panics (caught in `panics`) or that re-enters this context's wait list can neither
 /// corrupt the list nor deadlock.
-fn notify(n: &CancelNode, panics: &mut Panics) {
+fn notify(n: &CancelNode, mut defer: Option<&mut Deferred>, panics: &mut Panics) {
     // Acquire: a table's `has_waiters` (set before its Release publication, invariant 9).
     // The caller's fence (after its state CAS) and the waiter's (after its link) are
     // invariant 6's pair: a waiter we miss here sees the state.
@@ -1834,26 +1908,95 @@ fn notify(n: &CancelNode, panics: &mut Panics) {
     loop {
         let mut batch = crate::wait::WakeBatch::new();
         let more = n.with_waiters(|l| l.close_and_take(&mut batch));
-        batch.wake_all(|wake| panics.call(wake));
+        match defer.as_deref_mut() {
+            Some(d) => d.keep(&mut batch, panics),
+            None => batch.wake_all(|wake| panics.call(wake)),
+        }
         if !more {
             return;
         }
     }
 }
 
-/// The first panic of a cancel walk, resumed when the walk is complete.
-#[derive(Default)]
+/// Wakers held back while the walk holds a user node's registration (invariant 11).
+struct Deferred {
+    batch: crate::wait::WakeBatch,
+    #[cfg(feature = "alloc")]
+    more: alloc::vec::Vec<core::task::Waker>,
+}
+
+impl Deferred {
+    fn new() -> Self {
+        Deferred {
+            batch: crate::wait::WakeBatch::new(),
+            #[cfg(feature = "alloc")]
+            more: alloc::vec::Vec::new(),
+        }
+    }
+
+    /// Keeps `from`'s wakers for later. Without `alloc`, what does not fit in one batch
+    /// is woken now (the documented bound of invariant 11).
+    fn keep(&mut self, from: &mut crate::wait::WakeBatch, panics: &mut Panics) {
+        #[cfg(feature = "alloc")]
+        let _ = &panics;
+        while let Some(w) = from.pop() {
+            if let Err(w) = self.batch.try_push(w) {
+                #[cfg(feature = "alloc")]
+                self.more.push(w);
+                #[cfg(not(feature = "alloc"))]
+                panics.call(|| w.wake());
+            }
+        }
+    }
+
+    fn wake_all(&mut self, panics: &mut Panics) {
+        self.batch.wake_all(|wake| panics.call(wake));
+        #[cfg(feature = "alloc")]
+        for w in self.more.drain(..) {
+            panics.call(|| w.wake());
+        }
+    }
+}
+
+/// The first panic of a cancel walk: resumed when the walk is complete (the canceller's
+/// walk), or contained (an observer's walk, invariant 10).
 struct Panics {
     #[cfg(feature = "std")]
     first: Option<Box<dyn core::any::Any + Send + 'static>>,
+    #[cfg(feature = "std")]
+    resume: bool,
 }
 
 impl Panics {
+    fn resume() -> Self {
+        Panics {
+            #[cfg(feature = "std")]
+            first: None,
+            #[cfg(feature = "std")]
+            resume: true,
+        }
+    }
+
+    fn contain() -> Self {
+        Panics {
+            #[cfg(feature = "std")]
+            first: None,
+            #[cfg(feature = "std")]
+            resume: false,
+        }
+    }
+
     fn call(&mut self, f: impl FnOnce()) {
         #[cfg(feature = "std")]
         {
             if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-                self.first.get_or_insert(p);
+                if self.resume {
+                    self.first.get_or_insert(p);
+                } else {
+                    // Reported by the panic hook already; not the observer's to resume.
+                    // Dropping a payload can itself panic: contained too.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(p)));
+                }
             }
         }
         #[cfg(not(feature = "std"))]
@@ -1928,7 +2071,8 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
         return None; // never cancelled: `f` never runs (Go: AfterFunc(Background, f)).
     };
     if ctx.is_done() {
-        let mut panics = Panics::default();
+        // Our own callback: its panic is ours to see.
+        let mut panics = Panics::resume();
         panics.call(f);
         panics.finish();
         return None;
@@ -1956,10 +2100,10 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
     });
     let l = e.cast::<Link>();
     // A deadline that passed but was not yet observed counts as done too.
-    if publish(owner, side, idx, l) || ctx.check_deadline() {
+    if publish(owner, side, idx, l) || ctx.is_done() {
         // The owner is cancelled: the walker may or may not have seen us, so race it for
         // the run (exactly one wins, invariant 4's CAS on the entry state).
-        let mut panics = Panics::default();
+        let mut panics = Panics::resume();
         // SAFETY: we hold a handle on the entry.
         unsafe { run_callback(l, &mut panics) };
         // If the walker passed our slot before we published, nobody else will clear it,

@@ -228,6 +228,26 @@ impl WakeBatch {
         self.len += 1;
     }
 
+    /// Adds `w`, or gives it back when the batch is full.
+    pub(crate) fn try_push(&mut self, w: Waker) -> Result<(), Waker> {
+        if self.is_full() {
+            return Err(w);
+        }
+        self.push(w);
+        Ok(())
+    }
+
+    /// Takes the last waker out, if any.
+    pub(crate) fn pop(&mut self) -> Option<Waker> {
+        if self.len == 0 {
+            return None;
+        }
+        self.len -= 1;
+        // SAFETY: `wakers[len]` was initialised by `push` and, with `len` lowered first,
+        // is read out exactly once.
+        Some(unsafe { self.wakers[self.len].assume_init_read() })
+    }
+
     /// Wakes every waker in the batch, once each, calling `wrap` around each wake (the
     /// walk catches panics there). A panic that escapes `wrap` drops the rest unwoken.
     pub(crate) fn wake_all(&mut self, mut wrap: impl FnMut(&mut dyn FnMut())) {
