@@ -34,8 +34,11 @@ pub struct ManualTime {
 #[derive(Debug)]
 struct State {
     now: Instant,
-    /// Sleeps pending: (when, waker).
-    sleepers: Vec<(Instant, Waker)>,
+    /// Sleeps pending: (when, which sleep, waker). A sleep leaves when it completes or is
+    /// dropped.
+    sleepers: Vec<(Instant, u64, Waker)>,
+    /// The next sleep's id.
+    next_id: u64,
     /// Timers ever armed (a test hook: "no timer without a deadline").
     armed: usize,
 }
@@ -47,6 +50,7 @@ impl ManualTime {
             inner: Mutex::new(State {
                 now: Instant::ZERO,
                 sleepers: Vec::new(),
+                next_id: 0,
                 armed: 0,
             }),
         }
@@ -63,7 +67,7 @@ impl ManualTime {
             s.now = s.now.saturating_add(d);
             let now = s.now;
             let mut due = Vec::new();
-            s.sleepers.retain(|(at, w)| {
+            s.sleepers.retain(|(at, _, w)| {
                 if *at <= now {
                     due.push(w.clone());
                     false
@@ -81,7 +85,7 @@ impl ManualTime {
         self.state().armed
     }
 
-    /// Sleeps not yet completed (pending and registered).
+    /// Sleeps registered and waiting: polled, not yet due, and not dropped.
     pub fn sleepers(&self) -> usize {
         self.state().sleepers.len()
     }
@@ -104,9 +108,11 @@ impl Timer for &'static ManualTime {
     fn sleep(&self, duration: Duration) -> ManualSleep {
         let mut s = self.state();
         s.armed += 1;
+        s.next_id += 1;
         ManualSleep {
             time: self,
             at: s.now.saturating_add(duration),
+            id: s.next_id,
         }
     }
 }
@@ -117,6 +123,7 @@ impl Timer for &'static ManualTime {
 pub struct ManualSleep {
     time: &'static ManualTime,
     at: Instant,
+    id: u64,
 }
 
 impl Future for ManualSleep {
@@ -126,15 +133,70 @@ impl Future for ManualSleep {
         if s.now >= self.at {
             return Poll::Ready(());
         }
-        let at = self.at;
-        match s
-            .sleepers
-            .iter_mut()
-            .find(|(a, w)| *a == at && w.will_wake(cx.waker()))
-        {
-            Some(_) => {}
-            None => s.sleepers.push((at, cx.waker().clone())),
+        let (at, id) = (self.at, self.id);
+        match s.sleepers.iter_mut().find(|(_, i, _)| *i == id) {
+            Some((_, _, w)) => {
+                if !w.will_wake(cx.waker()) {
+                    // Replaced outside the lock: a waker's `Drop` is user code.
+                    let old = core::mem::replace(w, cx.waker().clone());
+                    drop(s);
+                    drop(old);
+                }
+            }
+            None => s.sleepers.push((at, id, cx.waker().clone())),
         }
         Poll::Pending
+    }
+}
+
+impl Drop for ManualSleep {
+    /// A sleep dropped before it is due leaves the timer (as a runtime's timer entry).
+    fn drop(&mut self) {
+        let id = self.id;
+        let gone: Vec<(Instant, u64, Waker)> = {
+            let mut s = self.time.state();
+            let mut gone = Vec::new();
+            let mut i = 0;
+            while i < s.sleepers.len() {
+                if s.sleepers[i].1 == id {
+                    gone.push(s.sleepers.swap_remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            gone
+        };
+        drop(gone); // the wakers' `Drop` runs outside the lock
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::pin::pin;
+    use std::task::Wake;
+
+    struct Noop;
+    impl Wake for Noop {
+        fn wake(self: std::sync::Arc<Self>) {}
+    }
+
+    #[test]
+    fn a_dropped_sleep_leaves_the_timer() {
+        static TIME: ManualTime = ManualTime::new();
+        let waker = Waker::from(std::sync::Arc::new(Noop));
+        let mut cx = task::Context::from_waker(&waker);
+        for _ in 0..3 {
+            let mut sleep = pin!((&TIME).sleep(Duration::from_secs(5)));
+            assert!(sleep.as_mut().poll(&mut cx).is_pending());
+            assert!(sleep.as_mut().poll(&mut cx).is_pending(), "re-polled: one entry");
+            assert_eq!(TIME.sleepers(), 1);
+        }
+        assert_eq!(TIME.sleepers(), 0, "every dropped sleep left");
+        let mut due = pin!((&TIME).sleep(Duration::from_secs(1)));
+        assert!(due.as_mut().poll(&mut cx).is_pending());
+        TIME.advance(Duration::from_secs(1));
+        assert_eq!(TIME.sleepers(), 0);
+        assert!(due.as_mut().poll(&mut cx).is_ready());
     }
 }
