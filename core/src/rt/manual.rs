@@ -189,7 +189,10 @@ mod tests {
         for _ in 0..3 {
             let mut sleep = pin!((&TIME).sleep(Duration::from_secs(5)));
             assert!(sleep.as_mut().poll(&mut cx).is_pending());
-            assert!(sleep.as_mut().poll(&mut cx).is_pending(), "re-polled: one entry");
+            assert!(
+                sleep.as_mut().poll(&mut cx).is_pending(),
+                "re-polled: one entry"
+            );
             assert_eq!(TIME.sleepers(), 1);
         }
         assert_eq!(TIME.sleepers(), 0, "every dropped sleep left");
