@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kontext_smol::{ContextExt, Group};
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct JobFailed(usize);
 impl std::fmt::Display for JobFailed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,8 +50,12 @@ fn run_batch(name: &str, deadline: Duration, fail_at: Option<usize>) {
         (res, batch.err(), ctx.cause().map(|c| c.to_string()))
     });
     let (res, batch_err, cause) = result;
+    let wait = match res {
+        Ok(()) => "Ok (every job done)".to_string(),
+        Err(e) => format!("Err({e})"),
+    };
     println!(
-        "  -> wait: {res:?}; batch context: {batch_err:?}; group cause: {cause:?}; {} ms\n",
+        "  -> wait: {wait}; batch context: {batch_err:?}; group cause: {cause:?}; {} ms\n",
         start.elapsed().as_millis() / 10 * 10
     );
 }

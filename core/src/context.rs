@@ -497,6 +497,52 @@ impl Drop for Context {
     }
 }
 
+/// Two contexts are equal when they are the same node of the tree (clones of one
+/// `Context`, or a `Context` and the `&Ctx` it lends), as tokio-util's
+/// `CancellationToken`s are. Every [`background`](Context::background) context is equal
+/// to every other.
+///
+/// ```
+/// use std::collections::HashSet;
+/// use kontext::Context;
+///
+/// let (a, _cancel_a) = Context::background().child();
+/// let (b, _cancel_b) = Context::background().child();
+/// assert_eq!(a, a.clone());
+/// assert_ne!(a, b);
+/// let set: HashSet<Context> = [a.clone(), a.clone(), b].into_iter().collect();
+/// assert_eq!(set.len(), 2);
+/// assert!(*a == *a.clone()); // as `&Ctx` too
+/// ```
+impl PartialEq for Context {
+    fn eq(&self, other: &Context) -> bool {
+        self.ctx == other.ctx
+    }
+}
+
+impl Eq for Context {}
+
+impl core::hash::Hash for Context {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.ctx.hash(state);
+    }
+}
+
+/// Node identity, as for [`Context`].
+impl PartialEq for Ctx {
+    fn eq(&self, other: &Ctx) -> bool {
+        self.node == other.node
+    }
+}
+
+impl Eq for Ctx {}
+
+impl core::hash::Hash for Ctx {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.node.hash(state);
+    }
+}
+
 impl Default for Context {
     /// [`Context::background`].
     fn default() -> Self {

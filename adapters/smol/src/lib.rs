@@ -43,7 +43,9 @@ pub type Group<E> = rt::Group<SmolSpawner, SmolTimer, E>;
 pub type Done<'a> = rt::Done<'a, SmolTimer>;
 /// [`kontext::rt::Run`] with `async-io`'s timer.
 pub type Run<'a, F> = rt::Run<'a, SmolTimer, F>;
-pub use kontext::rt::{DrainTimeout, JoinError, TaskPanicked, TaskTracker};
+pub use kontext::rt::{
+    DrainTimeout, GroupCancelled, GroupError, JoinError, TaskFailed, TaskPanicked, TaskTracker,
+};
 
 /// A root whose descendants measure deadlines on `std::time::Instant` (the clock
 /// `async-io` timers use). The same as [`Context::background`], spelled for symmetry with
@@ -93,6 +95,7 @@ impl SmolSpawner {
 
 impl rt::Spawn for SmolSpawner {
     type Handle<T: Send + 'static> = SmolHandle<T>;
+    #[track_caller]
     fn spawn<F>(&self, future: F) -> SmolHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -176,6 +179,7 @@ impl ContextExt for Context {
         rt::Run::new(self, SmolTimer, future)
     }
 
+    #[track_caller]
     fn spawn<F, Fut>(&self, f: F) -> JoinHandle<Fut::Output>
     where
         F: FnOnce(Context) -> Fut,
@@ -185,6 +189,7 @@ impl ContextExt for Context {
         rt::spawn(&SmolSpawner::default(), SmolTimer, self, f)
     }
 
+    #[track_caller]
     fn spawn_on<F, Fut>(&self, executor: &Arc<Executor<'static>>, f: F) -> JoinHandle<Fut::Output>
     where
         F: FnOnce(Context) -> Fut,

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use async_executor::Executor;
 use kontext_smol::rt::{self, ManualTime};
-use kontext_smol::{Context, ContextExt, Error, Group, SmolSpawner, TaskTracker};
+use kontext_smol::{
+    Context, ContextExt, Error, Group, GroupError, SmolSpawner, TaskFailed, TaskTracker,
+};
 
 struct DropGuard(Arc<AtomicBool>);
 
@@ -136,11 +138,13 @@ fn group_first_error_cancels_the_workers_and_wait_returns_it() {
             });
         }
         group.spawn(|_| async { Err(Failed(9)) });
-        assert_eq!(group.wait().await, Err(Failed(9)));
+        assert_eq!(group.wait().await, Err(GroupError::Task(Failed(9))));
         assert!(dropped.iter().all(|d| d.load(SeqCst)));
         assert_eq!(
-            gctx.cause().and_then(|c| c.downcast_ref::<Failed>()),
-            Some(&Failed(9))
+            gctx.cause()
+                .and_then(|c| c.downcast_ref::<TaskFailed>())
+                .map(TaskFailed::message),
+            Some("worker 9 failed")
         );
     });
 }
@@ -187,7 +191,14 @@ fn a_group_on_an_explicit_executor_with_injected_time() {
         assert!(ex.try_tick());
     }
     TIME.advance(Duration::from_secs(1));
-    assert_eq!(smol::block_on(ex.run(group.wait())), Ok(()));
+    // The deadline dropped every task before it finished: not a success.
+    match smol::block_on(ex.run(group.wait())) {
+        Err(GroupError::Cancelled(stopped)) => {
+            assert_eq!(stopped.reason(), Error::DeadlineExceeded);
+            assert!(stopped.cause().downcast_ref::<Error>().is_some());
+        }
+        other => panic!("expected the deadline, got {other:?}"),
+    }
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
 }
 
@@ -214,7 +225,10 @@ fn nothing_is_leaked_after_a_group_ends() {
             }
         });
     }
-    assert_eq!(smol::block_on(ex.run(group.wait())), Err(Failed(5)));
+    assert_eq!(
+        smol::block_on(ex.run(group.wait())),
+        Err(GroupError::Task(Failed(5)))
+    );
     drop(root);
     // Outputs of detached tasks are dropped by the executor after the tasks' bookkeeping
     // ends: let it finish, then nothing may hold the root.

@@ -45,7 +45,10 @@ pub type Group<E> = rt::Group<TokioSpawner, TokioTimer, E>;
 pub type Done<'a> = rt::Done<'a, TokioTimer>;
 /// [`kontext::rt::Run`] with tokio's timer.
 pub type Run<'a, F> = rt::Run<'a, TokioTimer, F>;
-pub use kontext::rt::{DrainTimeout, JoinError, Signal, TaskPanicked, TaskTracker};
+pub use kontext::rt::{
+    DrainTimeout, GroupCancelled, GroupError, JoinError, Signal, TaskFailed, TaskPanicked,
+    TaskTracker,
+};
 
 /// A root whose descendants measure deadlines on tokio's clock ([`TokioClock`]), so
 /// `tokio::time::pause()` and `#[tokio::test(start_paused = true)]` make them
@@ -116,6 +119,7 @@ impl TokioSpawner {
 
 impl rt::Spawn for TokioSpawner {
     type Handle<T: Send + 'static> = TokioHandle<T>;
+    #[track_caller]
     fn spawn<F>(&self, future: F) -> TokioHandle<F::Output>
     where
         F: Future + Send + 'static,
@@ -183,6 +187,7 @@ impl ContextExt for Context {
         rt::Run::new(self, TokioTimer, future)
     }
 
+    #[track_caller]
     fn spawn<F, Fut>(&self, f: F) -> JoinHandle<Fut::Output>
     where
         F: FnOnce(Context) -> Fut,
@@ -192,6 +197,7 @@ impl ContextExt for Context {
         rt::spawn(&TokioSpawner::default(), TokioTimer, self, f)
     }
 
+    #[track_caller]
     fn spawn_on<F, Fut>(&self, handle: &tokio::runtime::Handle, f: F) -> JoinHandle<Fut::Output>
     where
         F: FnOnce(Context) -> Fut,

@@ -250,11 +250,16 @@ async fn group_first_error_cancels_siblings_and_wait_returns_it() {
         tokio::time::sleep(Duration::from_millis(9)).await;
         Err(Failed("second"))
     });
-    assert_eq!(group.wait().await, Err(Failed("first")));
+    assert_eq!(
+        group.wait().await,
+        Err(kontext_tokio::GroupError::Task(Failed("first")))
+    );
     assert!(dropped.iter().all(|d| d.load(SeqCst)), "siblings dropped");
     assert_eq!(
-        gctx.cause().and_then(|c| c.downcast_ref::<Failed>()),
-        Some(&Failed("first"))
+        gctx.cause()
+            .and_then(|c| c.downcast_ref::<kontext_tokio::TaskFailed>())
+            .map(|c| c.message()),
+        Some("failed: first")
     );
     assert!(!root.is_cancelled());
 }
@@ -371,7 +376,10 @@ async fn nothing_is_leaked_after_a_group_ends() {
                 Ok(())
             });
         }
-        assert_eq!(group.wait().await, Err(Failed("thirteen")));
+        assert_eq!(
+            group.wait().await,
+            Err(kontext_tokio::GroupError::Task(Failed("thirteen")))
+        );
         drop(root);
         tokio::task::yield_now().await;
     }

@@ -34,7 +34,7 @@ use core::time::Duration;
 
 pub use done::{Done, DoneOwned, Run};
 #[cfg(feature = "rt")]
-pub use group::{Group, TaskPanicked};
+pub use group::{Group, GroupCancelled, GroupError, TaskFailed, TaskPanicked};
 #[cfg(feature = "rt")]
 pub use manual::{ManualSleep, ManualTime};
 #[cfg(feature = "rt")]
@@ -64,6 +64,10 @@ pub trait Spawn: Clone + Send + Sync + 'static {
     type Handle<T: Send + 'static>: Future<Output = Option<T>> + Send + Unpin;
 
     /// Starts `future` on the runtime.
+    ///
+    /// Implementations should be `#[track_caller]` (and call a `#[track_caller]` spawn of
+    /// their runtime, such as `tokio::spawn`), so that [`spawn`] and the adapters' `spawn`
+    /// report their caller's location to the runtime.
     fn spawn<F>(&self, future: F) -> Self::Handle<F::Output>
     where
         F: Future + Send + 'static,

@@ -34,6 +34,11 @@ use crate::{CancelHandle, Cause, Context, Error};
 /// [`JoinError::is_cancelled`] with the reason and cause. When the task ends for any
 /// reason its child is cancelled, so everything it started under the child stops too.
 /// The task counts in the nearest [`TaskTracker`] among `parent`'s values until then.
+///
+/// `#[track_caller]`: a runtime that records where tasks are spawned (tokio's
+/// `tokio::spawn`, for tokio-console and its panics) sees the caller of `spawn`, as long as
+/// the [`Spawn`] implementation is `#[track_caller]` too.
+#[track_caller]
 pub fn spawn<S, T, F, Fut>(
     spawner: &S,
     timer: T,
@@ -196,7 +201,7 @@ pub struct JoinError {
 enum Repr {
     /// Its context was done first; kept for the reason and cause.
     Cancelled(Context),
-    Panicked(Box<dyn Any + Send>),
+    Panicked(Panic),
     /// The runtime dropped it (shut down).
     Aborted,
 }
@@ -210,7 +215,7 @@ impl JoinError {
 
     pub(crate) fn panicked(payload: Box<dyn Any + Send>) -> Self {
         JoinError {
-            repr: Repr::Panicked(payload),
+            repr: Repr::Panicked(Panic::new(payload)),
         }
     }
 
@@ -272,7 +277,7 @@ impl JoinError {
     /// The panic payload, or the error itself if the task did not panic.
     pub fn try_into_panic(self) -> Result<Box<dyn Any + Send>, JoinError> {
         match self.repr {
-            Repr::Panicked(p) => Ok(p),
+            Repr::Panicked(p) => Ok(p.into_inner()),
             repr => Err(JoinError { repr }),
         }
     }
@@ -285,7 +290,7 @@ impl fmt::Display for JoinError {
                 Some(cause) => write!(f, "task cancelled: {cause}"),
                 None => f.write_str("task cancelled"),
             },
-            Repr::Panicked(p) => match panic_message(p.as_ref()) {
+            Repr::Panicked(p) => match p.message() {
                 Some(m) => write!(f, "task panicked: {m}"),
                 None => f.write_str("task panicked"),
             },
@@ -304,7 +309,7 @@ impl fmt::Debug for JoinError {
                 .finish(),
             Repr::Panicked(p) => f
                 .debug_struct("JoinError::Panicked")
-                .field("message", &panic_message(p.as_ref()))
+                .field("message", &p.message())
                 .finish(),
             Repr::Aborted => f.write_str("JoinError::Aborted"),
         }
@@ -320,11 +325,33 @@ impl core::error::Error for JoinError {
     }
 }
 
-fn panic_message(p: &(dyn Any + Send)) -> Option<&str> {
-    p.downcast_ref::<&'static str>().copied().or_else(|| {
-        p.downcast_ref::<alloc::string::String>()
-            .map(|s| s.as_str())
-    })
+/// A caught panic's payload, `Sync` so that [`JoinError`] is `Send + Sync` (as tokio's):
+/// the payload (`Box<dyn Any + Send>`, not `Sync`) is reached only by value, except for
+/// reading a `&'static str` or `String` message, which are `Sync` (tokio's `SyncWrapper`).
+pub(crate) struct Panic(Box<dyn Any + Send>);
+
+// SAFETY: no `&Panic` gives access to the payload except `message`, which only hands out
+// `&str` from a `&'static str` or a `String` payload: both are `Sync`, so sharing those
+// references between threads is sound. Everything else takes the payload by value.
+unsafe impl Sync for Panic {}
+
+impl Panic {
+    pub(crate) fn new(payload: Box<dyn Any + Send>) -> Self {
+        Panic(payload)
+    }
+
+    pub(crate) fn into_inner(self) -> Box<dyn Any + Send> {
+        self.0
+    }
+
+    /// The panic message, if the payload is a string (as `panic!` makes it).
+    pub(crate) fn message(&self) -> Option<&str> {
+        let p: &(dyn Any + Send) = &*self.0;
+        p.downcast_ref::<&'static str>().copied().or_else(|| {
+            p.downcast_ref::<alloc::string::String>()
+                .map(|s| s.as_str())
+        })
+    }
 }
 
 pin_project! {
