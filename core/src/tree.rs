@@ -719,10 +719,6 @@ impl Side {
 // Node accessors
 
 impl Header {
-    pub(crate) fn kind(&self) -> Kind {
-        self.link.kind
-    }
-
     pub(crate) fn state_src(&self) -> Option<&CancelNode> {
         // SAFETY: invariant 2 keeps `state_src` alive as long as `self`.
         self.state_src.map(|p| unsafe { &*p.as_ptr() })
@@ -822,7 +818,6 @@ impl Header {
     /// What an observer would report, without side effects: it cancels nothing and runs
     /// no callback (for `Debug`). An expired deadline that nobody has observed yet reads as
     /// `DeadlineExceeded` with the deadline's cause.
-    #[allow(dead_code)] // for `Debug`
     pub(crate) fn peek(&self) -> Option<(Error, &Cause)> {
         if let Some(s) = self.state_src {
             // Acquire: as in `is_done`. SAFETY: invariant 2.
