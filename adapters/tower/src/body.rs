@@ -1,0 +1,188 @@
+//! [`ContextBody`]: the response body that keeps the request's context until it ends.
+
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{self, Poll};
+use std::fmt;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use kontext::rt::{DoneOwned, Timer};
+use kontext::{CancelHandle, Error};
+use pin_project_lite::pin_project;
+
+use crate::cause::RequestEnd;
+use crate::respond::{grpc_status, Answer};
+use crate::BoxError;
+
+pin_project! {
+    /// The response body of [`ContextService`](crate::ContextService). It owns the
+    /// request context's handle: reaching the end of the stream ends the context with
+    /// [`RequestEnd::Complete`]; being dropped before the end (the client went away, or
+    /// an outer layer gave up) ends it with [`RequestEnd::ClientGone`].
+    ///
+    /// With [enforcement](crate::ContextLayer::enforce), a context that ends during the
+    /// body ends the body too: with an error for HTTP (hyper then resets the stream or
+    /// closes the connection), with trailers carrying the gRPC status for gRPC.
+    pub struct ContextBody<B, T: Timer> {
+        #[pin]
+        inner: Option<B>,
+        #[pin]
+        done: Option<DoneOwned<T>>,
+        handle: Option<CancelHandle>,
+        grpc: bool,
+        ended: bool,
+    }
+
+    impl<B, T: Timer> PinnedDrop for ContextBody<B, T> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(handle) = this.handle.take() {
+                let how = if std::thread::panicking() {
+                    RequestEnd::Panicked
+                } else if *this.ended {
+                    RequestEnd::Complete
+                } else {
+                    RequestEnd::ClientGone
+                };
+                handle.cancel_with_cause(how);
+            }
+        }
+    }
+}
+
+impl<B, T: Timer> ContextBody<B, T> {
+    /// A body that does not own the context (the empty body of a `101 Switching Protocols`).
+    pub(crate) fn detached(inner: B) -> Self {
+        ContextBody {
+            inner: Some(inner),
+            done: None,
+            handle: None,
+            grpc: false,
+            ended: false,
+        }
+    }
+}
+
+impl<B: Body, T: Timer> ContextBody<B, T> {
+    /// Owns `handle` until the end of `inner` (`None`: an empty body).
+    pub(crate) fn new(
+        inner: Option<B>,
+        handle: CancelHandle,
+        done: Option<DoneOwned<T>>,
+        grpc: bool,
+    ) -> Self {
+        // A body with nothing to send (HEAD, 204, an empty body) is complete even if
+        // nobody polls it.
+        let ended = inner.as_ref().is_none_or(|b| b.is_end_stream());
+        ContextBody {
+            inner,
+            done,
+            handle: Some(handle),
+            grpc,
+            ended,
+        }
+    }
+
+    fn finish(self: Pin<&mut Self>, how: RequestEnd) {
+        let this = self.project();
+        *this.ended = true;
+        if let Some(handle) = this.handle.take() {
+            handle.cancel_with_cause(how);
+        }
+    }
+}
+
+impl<B, T> Body for ContextBody<B, T>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+    T: Timer,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.as_mut().project();
+        if *this.ended {
+            self.finish(RequestEnd::Complete);
+            return Poll::Ready(None);
+        }
+        // Enforcement: the context first; the handler's body is dropped once it is done.
+        if let Some(done) = this.done.as_mut().as_pin_mut() {
+            if done.poll(cx).is_ready() {
+                *this.ended = true;
+                this.inner.set(None);
+                let reason = this
+                    .done
+                    .as_ref()
+                    .as_pin_ref()
+                    .and_then(|d| d.get_ref().context().err())
+                    .unwrap_or(Error::Cancelled);
+                return Poll::Ready(Some(if *this.grpc {
+                    let mut trailers = HeaderMap::new();
+                    grpc_status(&mut trailers, Answer::for_reason(reason));
+                    Ok(Frame::trailers(trailers))
+                } else {
+                    Err(Box::new(reason))
+                }));
+            }
+        }
+        let Some(inner) = this.inner.as_mut().as_pin_mut() else {
+            self.finish(RequestEnd::Complete);
+            return Poll::Ready(None);
+        };
+        match catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(None)) => {
+                self.finish(RequestEnd::Complete);
+                Poll::Ready(None)
+            }
+            Ok(Poll::Ready(Some(Ok(frame)))) => {
+                let at_end = this
+                    .inner
+                    .as_ref()
+                    .as_pin_ref()
+                    .is_none_or(|b| b.is_end_stream());
+                if at_end {
+                    self.finish(RequestEnd::Complete);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Ok(Poll::Ready(Some(Err(e)))) => {
+                self.finish(RequestEnd::Failed);
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Err(panic) => {
+                self.finish(RequestEnd::Panicked);
+                resume_unwind(panic)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Some(b) if !self.ended => b.size_hint(),
+            _ => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl<B: fmt::Debug, T: Timer> fmt::Debug for ContextBody<B, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextBody")
+            .field("inner", &self.inner)
+            .field("context", &self.handle.as_ref().map(|h| h.context()))
+            .field("enforced", &self.done.is_some())
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
