@@ -38,8 +38,8 @@
 //!    slots. The two fences are ordered one way or the other in the single SeqCst order:
 //!    either the walker sees the child, or the child sees the owner cancelled and cancels
 //!    itself. No child is missed. (Fences rather than SeqCst accesses: the standard's
-//!    store-buffering guarantee, and the form loom models exactly. On x86 the RMW itself
-//!    is the fence: `sync::cas_then_fence`.) A walker that finds a cancelled child's
+//!    store-buffering guarantee, and the form loom and miri check: `sync::cas_then_fence`
+//!    always issues a real fence.) A walker that finds a cancelled child's
 //!    table empty (`len == 0`, read after its fence) need not descend into it: a
 //!    registrant it does not see sees the child cancelled.
 //! 6. Waiters: the walker CASes the state, fences (as in 5), then loads `side` and, if

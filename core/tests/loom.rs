@@ -585,3 +585,64 @@ fn waiters_on_sibling_contexts_woken_by_one_walk() {
         tb.join().unwrap();
     });
 }
+
+/// The free list's ABA tag (`Side::free`): a registrant stalled between reading the head
+/// and its CAS while another thread pops that head, pops the next one and pushes the first
+/// back must not install the (now taken) next index as the head. Without the tag, two
+/// live children share a slot, one is lost from the table, and the cancel misses it.
+#[test]
+fn free_list_pop_stalled_across_pop_pop_push() {
+    model(|| {
+        let (parent, cancel) = Context::background().child();
+        // Free list: 1 -> 0.
+        let a = disarmed(&parent);
+        let b = disarmed(&parent);
+        drop(a);
+        drop(b);
+        let p2 = parent.clone();
+        let t = thread::spawn(move || disarmed(&p2));
+        let first = disarmed(&parent); // pops
+        let second = disarmed(&parent); // pops
+        drop(first); // pushes its index back
+        let third = disarmed(&parent);
+        let stalled = t.join().unwrap();
+        cancel.cancel();
+        assert!(second.is_cancelled(), "second");
+        assert!(third.is_cancelled(), "third");
+        assert!(stalled.is_cancelled(), "the stalled registrant's child");
+    });
+}
+
+/// Invariant 10: an observer that sees the deadline pass while a cancel walk of an
+/// intermediate node is on its way reports one final state, and a `cancel()` that wins
+/// was first for every observer.
+#[test]
+fn deadline_observer_races_intermediate_cancel_walk() {
+    model(|| {
+        let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+        let root = Context::with_clock(clock);
+        let (deadline, _d) = root.with_timeout(core::time::Duration::from_secs(1));
+        let (middle, cancel_middle) = deadline.child();
+        let (leaf, _l) = middle.child();
+        let observed = leaf.clone();
+        let t = thread::spawn(move || {
+            clock.advance(core::time::Duration::from_secs(1));
+            let first = observed.err();
+            (first, observed.err())
+        });
+        let won = cancel_middle.cancel();
+        let (first, second) = t.join().unwrap();
+        assert!(first.is_some());
+        assert_eq!(first, second, "err() changed after it was reported");
+        assert_eq!(first, leaf.err());
+        if won {
+            assert_eq!(
+                first,
+                Some(Error::Cancelled),
+                "the winning cancel came first"
+            );
+        } else {
+            assert_eq!(first, Some(Error::DeadlineExceeded));
+        }
+    });
+}
