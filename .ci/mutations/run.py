@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Mutation check: applies each mutation in MUTATIONS to a copy of HEAD and runs the test
+that must catch it; a mutation that survives (its test passes) is reported and makes the
+script exit non-zero. Too slow for every CI run (each mutation rebuilds the crate, loom and
+miri ones in their own configurations): run it before closing work on the tree.
+
+    python3 .ci/mutations/run.py            # all
+    python3 .ci/mutations/run.py aba defer  # by name
+
+A run longer than its time limit counts as caught (a hang is a failure).
+"""
+import os, shutil, subprocess, sys, tempfile, time
+
+LOOM = 'RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=4 CARGO_TARGET_DIR=target/loom cargo test -p kontext --release --test loom -- --exact '
+MIRI = 'MIRIFLAGS=-Zmiri-strict-provenance cargo +nightly miri test -p kontext '
+NATIVE = 'cargo test -p kontext '
+
+# (name, file, original, mutated, command that must fail, what it breaks)
+MUTATIONS = [
+    ("aba", "core/src/tree.rs",
+     "let new = (head & !IDX_MASK).wrapping_add(TAG_ONE) | next;",
+     "let new = (head & !IDX_MASK) | next;",
+     LOOM + "free_list_pop_stalled_across_pop_pop_push",
+     "free list pop without the ABA tag increment"),
+    ("aba-push", "core/src/tree.rs",
+     "let new = (head & !IDX_MASK).wrapping_add(TAG_ONE) | (idx + 1) as Word;",
+     "let new = (head & !IDX_MASK) | (idx + 1) as Word;",
+     LOOM + "free_list_pop_stalled_across_pop_pop_push",
+     "free list push without the ABA tag increment (pop keeps its own)"),
+    ("defer", "core/src/tree.rs",
+     "let defer = user || held_user > 0;",
+     "let defer = false;",
+     NATIVE + "--test user_code cancel_returns_when_a_woken_task_drops_its_pinned_node_inline",
+     "wakers run while the walk holds a pinned node (tree invariant 11)"),
+    ("settle", "core/src/tree.rs",
+     "self.deadline_passed().then(|| self.settle())",
+     "self.deadline_passed().then(|| { let t = self.time_src.unwrap(); \
+cancel_observed(t.cast(), deadline_state(unsafe { time_ext(t) })); \
+(t.cast(), unsafe { t.cast::<CancelNode>().as_ref() }.state.load(Acquire)) })",
+     NATIVE + "--test user_code err_never_changes_once_reported_while_a_walk_is_on_its_way",
+     "err() reports the deadline's node instead of settling its own state (invariant 10)"),
+    ("settle-loom", "core/src/tree.rs",
+     "self.deadline_passed().then(|| self.settle())",
+     "self.deadline_passed().then(|| { let t = self.time_src.unwrap(); \
+cancel_observed(t.cast(), deadline_state(unsafe { time_ext(t) })); \
+(t.cast(), unsafe { t.cast::<CancelNode>().as_ref() }.state.load(Acquire)) })",
+     LOOM + "deadline_observer_races_intermediate_cancel_walk",
+     "as `settle`, caught by the loom model"),
+    ("contain", "core/src/tree.rs",
+     "            resume: false,",
+     "            resume: true,",
+     NATIVE + "--test user_code a_panicking_callback_does_not_panic_an_observer_of_the_deadline",
+     "an observer's walk resumes a callback's panic"),
+    ("clock", "core/src/tree.rs",
+     "panics.call(|| {\n                                if let Some(own) = passed_deadline_state(te) {",
+     "(|| {\n                                if let Some(own) = passed_deadline_state(te) {",
+     NATIVE + "--test user_code a_panicking_clock_inside_a_cancel_walk_does_not_cut_the_walk_short",
+     "a panicking clock aborts the walk"),
+    ("detach-relaxed", "core/src/tree.rs",
+     "while h.link.refs.load(Acquire) & MEM_REGISTERED != 0 {",
+     "while h.link.refs.load(Relaxed) & MEM_REGISTERED != 0 {",
+     MIRI + "--test node",
+     "a detaching user node waits for the walker with a Relaxed load"),
+    ("release-user-relaxed", "core/src/tree.rs",
+     "link.refs.fetch_sub(MEM_REGISTERED, Release);",
+     "link.refs.fetch_sub(MEM_REGISTERED, Relaxed);",
+     MIRI + "--test node",
+     "the walker releases a user node with Relaxed"),
+    ("linked-relaxed", "core/src/wait.rs",
+     "(*p).linked.store(false, Release);",
+     "(*p).linked.store(false, Relaxed);",
+     MIRI + "--test wait",
+     "the walker clears a waiter's `linked` flag with Relaxed"),
+]
+
+def main():
+    want = set(sys.argv[1:])
+    root = subprocess.check_output(["git", "rev-parse", "--show-toplevel"], text=True).strip()
+    work = tempfile.mkdtemp(prefix="kontext-mutants-")
+    subprocess.check_call(f"git -C {root} archive HEAD | tar -x -C {work}", shell=True)
+    failed = []
+    for name, path, orig, mutated, cmd, what in MUTATIONS:
+        if want and name not in want:
+            continue
+        f = os.path.join(work, path)
+        src = open(f).read()
+        if src.count(orig) != 1:
+            print(f"[{name}] STALE: the original text is not in {path} exactly once")
+            failed.append(name)
+            continue
+        open(f, "w").write(src.replace(orig, mutated))
+        t0 = time.time()
+        try:
+            r = subprocess.run(cmd, shell=True, cwd=work, timeout=900,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            # A mutant that does not compile is not caught by a test: report it.
+            if "error[E" in r.stderr or "could not compile" in r.stderr:
+                verdict = "DOES NOT COMPILE"
+                failed.append(name)
+            elif r.returncode != 0:
+                verdict = "caught"
+            else:
+                verdict = "SURVIVED"
+                failed.append(name)
+        except subprocess.TimeoutExpired:
+            verdict = "caught (timed out)"
+        print(f"[{name}] {verdict} in {time.time() - t0:.0f}s: {what}", flush=True)
+        open(f, "w").write(src)
+    shutil.rmtree(work, ignore_errors=True)
+    if failed:
+        print("not caught:", ", ".join(failed))
+        sys.exit(1)
+
+main()
