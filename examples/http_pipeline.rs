@@ -1,4 +1,4 @@
-//! The seed's scenario in Rust, on tokio: an HTTP-style request goes through middleware
+//! An HTTP-style request pipeline on tokio: a request goes through middleware
 //! layers that each derive a child context (request id, auth, a per-layer timeout); the
 //! handler spawns sub-tasks; the client disconnects; everything below the request is
 //! cancelled with that cause, and no task outlives the request.
@@ -72,7 +72,10 @@ async fn handler(ctx: Context, tracker: TaskTracker) {
     let v = ctx.value::<ApiVersion>().map_or(1, |v| v.0);
     log(
         &ctx,
-        format!("handler: api v{v}, deadline in {:?}", left(&ctx)),
+        format!(
+            "handler: api v{v}, deadline in {:?}",
+            ctx.remaining().unwrap_or(Duration::MAX)
+        ),
     );
     let mut jobs = Vec::new();
     for (name, work_ms) in [("db query", 80u64), ("cache fill", 400), ("search", 2_000)] {
@@ -100,14 +103,6 @@ async fn handler(ctx: Context, tracker: TaskTracker) {
         &ctx,
         format!("handler: {} task(s) still tracked", tracker.len()),
     );
-}
-
-fn left(ctx: &Context) -> Duration {
-    let now = ctx
-        .clock()
-        .map_or(kontext_tokio::Instant::ZERO, |c| c.now());
-    ctx.deadline()
-        .map_or(Duration::MAX, |d| d.saturating_duration_since(now))
 }
 
 #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -141,7 +136,10 @@ async fn main() {
         let (inner, _h) = req.with_timeout(Duration::from_secs(5));
         log(
             &inner,
-            format!("inner layer deadline in {:?}", left(&inner)),
+            format!(
+                "inner layer deadline in {:?}",
+                inner.remaining().unwrap_or(Duration::MAX)
+            ),
         );
         let t = tracker.clone();
         let h = inner.spawn(move |ctx| handler(ctx, t));

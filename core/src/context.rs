@@ -126,40 +126,48 @@ impl Context {
     }
 
     /// Whether the context is done ([`Ctx::is_cancelled`]).
+    #[doc(hidden)]
     #[inline]
     pub fn is_cancelled(&self) -> bool {
         self.ctx.is_cancelled()
     }
 
     /// `None` while live, then why it is done ([`Ctx::err`], Go's `ctx.Err()`).
+    #[doc(hidden)]
     #[inline]
     pub fn err(&self) -> Option<Error> {
         self.ctx.err()
     }
 }
 
-/// The observers of [`Ctx`], also as inherent methods of `Context` (so that paths such
-/// as `Context::value` and Go-style lookups in these docs find them).
+/// The observers of [`Ctx`], also as inherent methods of `Context`, hidden from the docs
+/// (each is documented once, on `Ctx`, and reached through `Deref`): they keep paths such
+/// as `Context::is_cancelled` (`.all(Context::is_cancelled)`) and intra-doc links such as
+/// `Context::value` working.
 impl Context {
     /// Why the context is done, with the cause ([`Ctx::cause`], Go's `context.Cause`).
+    #[doc(hidden)]
     #[inline]
     pub fn cause(&self) -> Option<&Cause> {
         self.ctx.cause()
     }
 
     /// The effective deadline ([`Ctx::deadline`], Go's `ctx.Deadline()`).
+    #[doc(hidden)]
     #[inline]
     pub fn deadline(&self) -> Option<Instant> {
         self.ctx.deadline()
     }
 
     /// The clock deadlines are measured on ([`Ctx::clock`]).
+    #[doc(hidden)]
     #[inline]
     pub fn clock(&self) -> Option<&'static dyn Clock> {
         self.ctx.clock()
     }
 
     /// The nearest value of type `T` ([`Ctx::value`], Go's `ctx.Value(key)`).
+    #[doc(hidden)]
     #[inline]
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.ctx.value::<T>()
@@ -167,6 +175,7 @@ impl Context {
 
     /// A future that completes when the context is done ([`Ctx::cancelled`], Go's
     /// `<-ctx.Done()`).
+    #[doc(hidden)]
     #[inline]
     pub fn cancelled(&self) -> Cancelled<'_> {
         self.ctx.cancelled()
@@ -174,6 +183,7 @@ impl Context {
 
     /// Runs `future` until it completes or the context is done
     /// ([`Ctx::run_until_cancelled`]).
+    #[doc(hidden)]
     #[inline]
     pub fn run_until_cancelled<F: core::future::Future>(
         &self,
@@ -184,6 +194,7 @@ impl Context {
 
     /// Yields `stream`'s items until the context is done
     /// ([`Ctx::stream_until_cancelled`]).
+    #[doc(hidden)]
     #[inline]
     pub fn stream_until_cancelled<S: futures_core::Stream>(
         &self,
@@ -282,6 +293,34 @@ impl Ctx {
     #[doc(alias = "Deadline")]
     pub fn deadline(&self) -> Option<Instant> {
         self.header().and_then(Header::deadline)
+    }
+
+    /// The time left until the effective [`deadline`](Ctx::deadline), on the tree's
+    /// clock: `None` without a deadline, [`Duration::ZERO`](core::time::Duration::ZERO)
+    /// once it has passed. For APIs that take a timeout: a client's per-request timeout,
+    /// `tokio::time::timeout`, a gRPC deadline header.
+    ///
+    /// Reads the clock and nothing else: unlike [`is_cancelled`](Ctx::is_cancelled) it
+    /// does not cancel a context whose deadline has passed (nor run its callbacks).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use kontext::{Context, ManualClock};
+    ///
+    /// static CLOCK: ManualClock = ManualClock::new();
+    /// let root = Context::with_clock(&CLOCK);
+    /// assert_eq!(root.remaining(), None);
+    /// let (req, _cancel) = root.with_timeout(Duration::from_secs(5));
+    /// CLOCK.advance(Duration::from_secs(2));
+    /// assert_eq!(req.remaining(), Some(Duration::from_secs(3)));
+    /// CLOCK.advance(Duration::from_secs(4));
+    /// assert_eq!(req.remaining(), Some(Duration::ZERO));
+    /// ```
+    #[doc(alias = "time_left")]
+    pub fn remaining(&self) -> Option<core::time::Duration> {
+        let deadline = self.deadline()?;
+        let now = self.clock()?.now();
+        Some(deadline.saturating_duration_since(now))
     }
 
     /// The clock this context's deadlines are measured on: the root's, or with `std` the
@@ -563,19 +602,43 @@ impl fmt::Debug for Ctx {
 }
 
 impl Ctx {
+    /// `Debug` without side effects: reads the state as an observer would report it
+    /// (an expired deadline nobody has observed reads as `DeadlineExceeded`) without
+    /// cancelling anything or running callbacks.
     fn fmt_as(&self, name: &str, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct(name);
-        match self.header() {
-            None => {
-                d.field("background", &true);
+        let Some(h) = self.header() else {
+            return d
+                .field("background", &true)
+                .field("cancelled", &false)
+                .field("err", &None::<Error>)
+                .finish();
+        };
+        match h.peek() {
+            Some((err, cause)) => {
+                d.field("cancelled", &true)
+                    .field("err", &Some(err))
+                    .field("cause", &DisplayStr(cause));
             }
-            Some(h) => {
-                d.field("kind", &h.kind())
-                    .field("err", &self.err())
-                    .field("deadline", &h.deadline());
+            None => {
+                d.field("cancelled", &false).field("err", &None::<Error>);
+                if h.deadline() == Some(Instant::FAR_FUTURE) {
+                    d.field("remaining", &format_args!("never"));
+                } else if let Some(left) = self.remaining() {
+                    d.field("remaining", &left);
+                }
             }
         }
-        d.finish()
+        d.finish_non_exhaustive()
+    }
+}
+
+/// Formats with `Display` inside `Debug` output, quoted like a string.
+struct DisplayStr<'a>(&'a Cause);
+
+impl fmt::Debug for DisplayStr<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{}\"", self.0)
     }
 }
 

@@ -57,6 +57,27 @@ impl Instant {
         (sum <= Self::FAR_FUTURE.0).then_some(Instant(sum))
     }
 
+    /// `self - d`, saturating at [`Instant::ZERO`] (the clock's epoch).
+    ///
+    /// ```
+    /// use core::time::Duration;
+    /// use kontext::Instant;
+    ///
+    /// let t = Instant::from_nanos(5_000);
+    /// assert_eq!(t.saturating_sub(Duration::from_nanos(1_000)), Instant::from_nanos(4_000));
+    /// assert_eq!(t.saturating_sub(Duration::from_secs(1)), Instant::ZERO);
+    /// ```
+    pub fn saturating_sub(self, d: Duration) -> Self {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        Instant(self.0.saturating_sub(nanos))
+    }
+
+    /// `self - d`, or `None` if that is before the clock's epoch.
+    pub fn checked_sub(self, d: Duration) -> Option<Self> {
+        let nanos = u64::try_from(d.as_nanos()).ok()?;
+        self.0.checked_sub(nanos).map(Instant)
+    }
+
     /// The time from `earlier` to `self`, or zero if `earlier` is later.
     pub fn saturating_duration_since(self, earlier: Instant) -> Duration {
         Duration::from_nanos(self.0.saturating_sub(earlier.0))
@@ -81,6 +102,38 @@ impl core::ops::Add<Duration> for Instant {
     }
 }
 
+impl core::ops::Sub<Duration> for Instant {
+    type Output = Instant;
+    /// Saturating at the clock's epoch, like [`Instant::saturating_sub`]: an instant never
+    /// lies before [`Instant::ZERO`].
+    fn sub(self, d: Duration) -> Instant {
+        self.saturating_sub(d)
+    }
+}
+
+impl core::ops::Sub<Instant> for Instant {
+    type Output = Duration;
+    /// The time from `earlier` to `self`, zero if `earlier` is later (as
+    /// [`Instant::saturating_duration_since`]; `std::time::Instant` saturates the same way).
+    fn sub(self, earlier: Instant) -> Duration {
+        self.saturating_duration_since(earlier)
+    }
+}
+
+impl core::ops::AddAssign<Duration> for Instant {
+    /// Saturating, like [`Instant::saturating_add`].
+    fn add_assign(&mut self, d: Duration) {
+        *self = *self + d;
+    }
+}
+
+impl core::ops::SubAssign<Duration> for Instant {
+    /// Saturating, like [`Instant::saturating_sub`].
+    fn sub_assign(&mut self, d: Duration) {
+        *self = *self - d;
+    }
+}
+
 /// A monotonic clock: the one source of "now" for a context tree's deadlines.
 ///
 /// Implemented by the runtime adapters (tokio's pausable clock, embassy-time) and here by
@@ -101,7 +154,8 @@ impl fmt::Debug for dyn Clock {
     }
 }
 
-/// The default clock with `std`: `std::time::Instant`, counted from the first use.
+/// The default clock with `std`: `std::time::Instant`, counted from an epoch an hour
+/// before the first use.
 #[cfg(feature = "std")]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdClock;
@@ -111,15 +165,56 @@ impl StdClock {
     /// A `&'static` handle, for [`Context::with_clock`](crate::Context::with_clock).
     pub const STATIC: &'static StdClock = &StdClock;
 
+    /// The clock's epoch: an hour (or as much of it as the platform's monotonic clock has
+    /// run) before its first use, so that `std` instants taken shortly before kontext was
+    /// first used (a request's arrival time, say) convert without saturating.
     fn epoch() -> std::time::Instant {
         static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        *EPOCH.get_or_init(std::time::Instant::now)
+        *EPOCH.get_or_init(|| {
+            let now = std::time::Instant::now();
+            [3600, 60, 1]
+                .into_iter()
+                .find_map(|s| now.checked_sub(Duration::from_secs(s)))
+                .unwrap_or(now)
+        })
     }
 
     /// The [`Instant`] on this clock that corresponds to a `std::time::Instant`
     /// (saturating at the epoch for earlier instants).
+    ///
+    /// Instants of other clocks (a tokio or embassy tree's) have other epochs: convert
+    /// those with their clock (`kontext_tokio::TokioClock`, `kontext_embassy::EmbassyClock`).
+    /// That is why there is no `From` between the two `Instant` types.
     pub fn instant_from_std(at: std::time::Instant) -> Instant {
         Instant::ZERO.saturating_add(at.saturating_duration_since(Self::epoch()))
+    }
+
+    /// The `std::time::Instant` of an [`Instant`] on this clock: a deadline of a tree
+    /// rooted at [`Context::background`](crate::Context::background) (or
+    /// [`StdClock::STATIC`]), for `std` APIs that take one. The inverse of
+    /// [`instant_from_std`](StdClock::instant_from_std).
+    ///
+    /// [`Instant::FAR_FUTURE`] (and any instant `std` cannot represent) becomes an instant
+    /// about 30 years from now: a deadline never reached, as tokio's far future.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use kontext::{Context, StdClock};
+    ///
+    /// let start = std::time::Instant::now();
+    /// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(5));
+    /// let deadline: std::time::Instant = StdClock::instant_to_std(ctx.deadline().unwrap());
+    /// assert!(deadline >= start + Duration::from_secs(5));
+    /// assert!(deadline <= std::time::Instant::now() + Duration::from_secs(5));
+    /// ```
+    pub fn instant_to_std(at: Instant) -> std::time::Instant {
+        let far = || std::time::Instant::now() + Duration::from_secs(30 * 365 * 86_400);
+        if at == Instant::FAR_FUTURE {
+            return far();
+        }
+        Self::epoch()
+            .checked_add(Duration::from_nanos(at.0))
+            .unwrap_or_else(far)
     }
 }
 

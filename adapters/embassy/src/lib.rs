@@ -132,6 +132,18 @@ impl EmbassyClock {
     pub fn instant(at: embassy_time::Instant) -> Instant {
         Instant::from_nanos(ticks_to_nanos(at.as_ticks()))
     }
+
+    /// The embassy instant of a kontext instant on this clock (a deadline of a tree rooted
+    /// at [`root()`]), for `embassy_time::Timer::at` and `with_deadline`. Rounds up to a
+    /// whole tick (a timer set to it never fires before the deadline) and saturates at
+    /// `embassy_time::Instant::MAX` ([`Instant::FAR_FUTURE`] is never reached). The inverse
+    /// of [`instant`](EmbassyClock::instant) for every instant on a tick.
+    pub fn to_embassy(at: Instant) -> embassy_time::Instant {
+        if at == Instant::FAR_FUTURE {
+            return embassy_time::Instant::MAX;
+        }
+        embassy_time::Instant::from_ticks(duration_to_ticks(Duration::from_nanos(at.as_nanos())))
+    }
 }
 
 // Whole seconds are exactly `TICK_HZ` ticks: the conversions below split a value into

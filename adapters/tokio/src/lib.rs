@@ -82,6 +82,37 @@ impl TokioClock {
         let since = at.into_std().saturating_duration_since(origin());
         Instant::ZERO.saturating_add(since)
     }
+
+    /// The tokio instant of a kontext instant on this clock: a deadline of a tree rooted at
+    /// [`background()`], for `tokio::time::sleep_until`, `timeout_at` and `interval_at`.
+    /// The inverse of [`instant`](TokioClock::instant).
+    ///
+    /// [`Instant::FAR_FUTURE`] becomes an instant about 30 years from now (a deadline never
+    /// reached, as tokio's own far future). For a timeout rather than an instant, use
+    /// [`Ctx::remaining`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use kontext_tokio::TokioClock;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let (req, _cancel) = kontext_tokio::background().with_timeout(Duration::from_millis(50));
+    /// let deadline = TokioClock::to_tokio(req.deadline().unwrap());
+    /// let slow = tokio::time::sleep(Duration::from_secs(10));
+    /// assert!(tokio::time::timeout_at(deadline, slow).await.is_err());
+    /// assert!(req.is_cancelled());
+    /// # }
+    /// ```
+    pub fn to_tokio(at: Instant) -> tokio::time::Instant {
+        let far = || tokio::time::Instant::now() + Duration::from_secs(30 * 365 * 86_400);
+        if at == Instant::FAR_FUTURE {
+            return far();
+        }
+        origin()
+            .checked_add(Duration::from_nanos(at.as_nanos()))
+            .map_or_else(far, tokio::time::Instant::from_std)
+    }
 }
 
 impl Clock for TokioClock {
