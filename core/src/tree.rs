@@ -1119,7 +1119,13 @@ pub(crate) unsafe fn release_handle(mut l: NonNull<Link>) {
         if prev >> 2 != 1 {
             return;
         }
-        // Acquire: pairs with the Release decrements of the other handles.
+        // Acquire: pairs with the Release decrements of the other handles. Redundant, and
+        // known to be (no test can catch its removal): the only accesses before the AcqRel
+        // decrement below read fields that are immutable since the node was published, and
+        // that decrement is an RMW in the release sequence of every earlier decrement, so
+        // whoever frees the node (we, or a walker whose AcqRel release reads a later value)
+        // already synchronizes with all the other handles' uses. Kept as the `Arc` idiom;
+        // a no-op instruction on x86 and one `dmb ishld` on ARM, once per node.
         fence(Acquire);
         let mut mem = MEM_COLLECTIVE;
         if matches!(link.kind, Kind::Cancel | Kind::Deadline) && link.slot != NO_SLOT {
@@ -1174,7 +1180,12 @@ fn unregister(owner: &CancelNode, l: NonNull<Link>, slot: u32) -> bool {
         .expect("a registered slot is allocated");
     // AcqRel: the RMW decides between us and the walker's swap (invariant 3); Release
     // orders our last uses of the slot before the index is pushed and reused. On failure
-    // nothing is read.
+    // nothing is read. Known to be stronger than needed, so no test catches a weaker one:
+    // the slot's only plain data is `next_free`, which `push_free` writes after this and
+    // publishes with its own Release CAS; the node itself is published by its Release
+    // store in `publish` and read by its owner only. Relaxed would do; AcqRel costs nothing
+    // more on x86 (every locked RMW is a full barrier) and keeps the slot's hand-over
+    // obviously ordered.
     if s.ptr
         .compare_exchange(l.as_ptr(), ptr::null_mut(), AcqRel, Relaxed)
         .is_ok()
