@@ -719,11 +719,6 @@ impl Side {
 // Node accessors
 
 impl Header {
-    #[allow(dead_code)] // until `Debug` stops printing it
-    pub(crate) fn kind(&self) -> Kind {
-        self.link.kind
-    }
-
     pub(crate) fn state_src(&self) -> Option<&CancelNode> {
         // SAFETY: invariant 2 keeps `state_src` alive as long as `self`.
         self.state_src.map(|p| unsafe { &*p.as_ptr() })
