@@ -38,8 +38,8 @@ use core::time::Duration;
 /// Cheap to clone (one atomic increment), `Send + Sync`. Derive children with
 /// [`child`](Context::child), [`with_timeout`](Context::with_timeout),
 /// [`with_deadline`](Context::with_deadline), [`with_value`](Context::with_value) and
-/// [`detached`](Context::detached); observe with [`is_cancelled`](Context::is_cancelled),
-/// [`err`](Context::err), [`cause`](Context::cause) and [`cancelled`](Context::cancelled).
+/// [`detached`](Context::detached); observe with [`is_cancelled`](Ctx::is_cancelled),
+/// [`err`](Ctx::err), [`cause`](Ctx::cause) and [`cancelled`](Ctx::cancelled).
 ///
 /// ```
 /// use kontext::Context;
@@ -119,6 +119,7 @@ impl Context {
     /// no values. Allocates nothing.
     #[doc(alias = "Background")]
     #[doc(alias = "TODO")]
+    #[must_use = "a derived context does nothing unless used"]
     pub const fn background() -> Context {
         Context {
             ctx: Ctx { node: None },
@@ -373,6 +374,7 @@ impl Context {
     /// A root like [`background`](Context::background) whose descendants measure their
     /// deadlines on `clock`. Runtime adapters build their roots this way; tests use a
     /// [`ManualClock`](crate::ManualClock).
+    #[must_use = "a derived context does nothing unless used"]
     pub fn with_clock(clock: &'static dyn Clock) -> Context {
         Context::from_node(tree::new_clock(None, Some(clock)))
     }
@@ -382,8 +384,13 @@ impl Context {
     /// The [`CancelHandle`] cancels the child and all its descendants, never the parent or
     /// siblings; it cancels on drop, so a forgotten cancel cannot leak. A child of a done
     /// context is born done.
+    ///
+    /// Bind the handle: `let (ctx, _cancel) = parent.child();`. With `let (ctx, _) = ...`
+    /// it is dropped at once and `ctx` is born cancelled ([keep the
+    /// handle](CancelHandle#keep-the-handle)).
     #[doc(alias = "WithCancel")]
     #[doc(alias = "WithCancelCause")]
+    #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
     pub fn child(&self) -> (Context, CancelHandle) {
         CancelHandle::new(tree::new_cancel(self.node, None))
     }
@@ -393,13 +400,15 @@ impl Context {
     ///
     /// No timer is armed: expiry is observed when someone checks or polls.
     #[doc(alias = "WithDeadline")]
+    #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
         self.deadline_child(deadline, None)
     }
 
     /// [`with_deadline`](Context::with_deadline) with a cause reported by
-    /// [`cause`](Context::cause) when the deadline passes (Go's `WithDeadlineCause`).
+    /// [`cause`](Ctx::cause) when the deadline passes (Go's `WithDeadlineCause`).
     #[doc(alias = "WithDeadlineCause")]
+    #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
     pub fn with_deadline_cause<E>(&self, deadline: Instant, cause: E) -> (Context, CancelHandle)
     where
         E: core::error::Error + Send + Sync + 'static,
@@ -414,6 +423,7 @@ impl Context {
     /// Without `std`, if the tree has no clock (its root was not made by
     /// [`with_clock`](Context::with_clock)).
     #[doc(alias = "WithTimeout")]
+    #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
         let deadline = self.now() + timeout;
         self.deadline_child(deadline, None)
@@ -421,6 +431,7 @@ impl Context {
 
     /// [`with_timeout`](Context::with_timeout) with a cause (Go's `WithTimeoutCause`).
     #[doc(alias = "WithTimeoutCause")]
+    #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
     pub fn with_timeout_cause<E>(&self, timeout: Duration, cause: E) -> (Context, CancelHandle)
     where
         E: core::error::Error + Send + Sync + 'static,
@@ -442,11 +453,21 @@ impl Context {
         CancelHandle::new(tree::new_cancel(self.node, d))
     }
 
-    /// A child carrying `value`, found by [`value::<T>()`](Context::value) here and below
+    /// A child carrying `value`, found by [`value::<T>()`](Ctx::value) here and below
     /// (Go's `context.WithValue`, with the type as the key: no collisions between
     /// packages). It shares the parent's cancellation and deadline; it cannot be cancelled
     /// on its own.
+    ///
+    /// The new context is the result: a call whose result is dropped has no effect, and
+    /// is reported (`#[must_use]`):
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// let request = kontext::Context::background();
+    /// request.with_value("trace-7f3a"); // error: the context is dropped unused
+    /// ```
     #[doc(alias = "WithValue")]
+    #[must_use = "a derived context does nothing unless used"]
     pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
         Context::from_node(tree::new_value(self.node, value))
     }
@@ -454,7 +475,14 @@ impl Context {
     /// A child that keeps the parent's values (and clock) but is never cancelled by it and
     /// has no deadline from it (Go's `context.WithoutCancel`), for work that must outlive
     /// the request, such as an audit write.
+    ///
+    /// ```compile_fail
+    /// #![deny(unused_must_use)]
+    /// let request = kontext::Context::background();
+    /// request.detached(); // error: the detached context is dropped unused
+    /// ```
     #[doc(alias = "WithoutCancel")]
+    #[must_use = "a derived context does nothing unless used"]
     pub fn detached(&self) -> Context {
         let clock = self.header().and_then(Header::clock);
         Context::from_node(tree::new_clock(self.node, clock))
@@ -490,6 +518,7 @@ impl Context {
 
 impl Context {
     /// Like [`cancelled`](Ctx::cancelled), owning a clone of the context (`'static`).
+    #[must_use = "futures do nothing unless polled"]
     pub fn cancelled_owned(&self) -> CancelledOwned {
         CancelledOwned::new(self.clone())
     }
@@ -509,6 +538,7 @@ impl Context {
     /// ROOT.cancel();
     /// assert!(req.is_cancelled());
     /// ```
+    #[must_use = "a derived context does nothing unless used"]
     pub fn from_static(ctx: &'static Ctx) -> Context {
         ctx.counted()
     }
@@ -647,6 +677,36 @@ impl fmt::Debug for DisplayStr<'_> {
 /// Returned by [`Context::child`] and the deadline constructors. Keep it for as long as the
 /// work should be allowed to run; to let the context live on until its parent is done,
 /// [`disarm`](CancelHandle::disarm) it.
+///
+/// # Keep the handle
+///
+/// Dropping an armed handle cancels its context, and `_` in a pattern drops at once: with
+/// `let (ctx, _) = parent.child();` the context is already cancelled on the next line, and
+/// everything run under it stops immediately. `#[must_use]` cannot see this (the tuple
+/// *is* used), so bind the handle to a name that starts with an underscore; it then lives
+/// to the end of the scope:
+///
+/// ```
+/// use std::time::Duration;
+/// use kontext::Context;
+///
+/// let parent = Context::background();
+///
+/// // Wrong: `_` drops the handle at the end of the statement.
+/// let (ctx, _) = parent.child();
+/// assert!(ctx.is_cancelled());
+///
+/// // Right: `_cancel` keeps the handle (and the context) alive until the scope ends.
+/// let (ctx, _cancel) = parent.with_timeout(Duration::from_secs(5));
+/// assert!(!ctx.is_cancelled());
+///
+/// // A context that should end only with its parent: disarm the handle.
+/// let ctx = parent.child().1.disarm();
+/// assert!(!ctx.is_cancelled());
+/// ```
+///
+/// The same holds for `let _ = ...` on anything returning a handle, and for handles
+/// dropped by `;` at the end of an expression statement (which `#[must_use]` reports).
 #[cfg(feature = "alloc")]
 #[must_use = "dropping a CancelHandle cancels its context at once"]
 #[doc(alias = "CancelFunc")]
@@ -713,6 +773,7 @@ impl CancelHandle {
     }
 
     /// Another handle on the context this cancels.
+    #[must_use = "a derived context does nothing unless used"]
     pub fn context(&self) -> Context {
         tree::acquire_handle(self.node().header().link());
         Context::from_node(self.node.cast())
