@@ -8,7 +8,7 @@
 //!   ([`RequestDeadline`]). It ends, with a cause a log can tell apart ([`RequestEnd`]),
 //!   when the response body ends, when the client goes away, when the handler panics, at
 //!   its deadline, or when the base is cancelled (shutdown).
-//! - **Client**: `PropagateLayer` reads the context of each outgoing request: a done
+//! - **Client**: [`PropagateLayer`] reads the context of each outgoing request: a done
 //!   context fails fast without sending anything, the remaining time is sent as
 //!   `grpc-timeout`, and the call is raced against the context, so cancelling the context
 //!   drops the call (HTTP/2 `RST_STREAM`) and the next server sees its client go away.
@@ -49,7 +49,7 @@
 //!
 //! # Features
 //! - `axum`: `RequestContext`, an extractor (a missing layer is a `500` that says so).
-//! - `tonic`: `tonic::Status` from contexts and from `client::Error`, and
+//! - `tonic`: `tonic::Status` from contexts and from [`client::Error`], and
 //!   `TonicRequestExt` (a context on a `tonic::Request`).
 //! - `reqwest`: `RequestBuilderExt`: a reqwest call bounded by a context, with one
 //!   source of truth for its deadline.
@@ -64,15 +64,27 @@ use kontext::Ctx;
 
 mod body;
 mod cause;
+pub mod client;
 pub mod grpc_timeout;
 mod respond;
 mod server;
 
+#[cfg(feature = "axum")]
+mod axum;
+#[cfg(feature = "tonic")]
+mod tonic;
+
 pub use crate::body::ContextBody;
 pub use crate::cause::{DeadlineSource, RequestDeadline, RequestEnd, ServerShutdown};
 
+pub use crate::client::PropagateLayer;
 pub use crate::server::{ContextLayer, ContextService, ResponseFuture};
 pub use kontext::{Context, Error};
+
+#[cfg(feature = "axum")]
+pub use crate::axum::{MissingContext, RequestContext};
+#[cfg(feature = "tonic")]
+pub use crate::tonic::{status, TonicRequestExt};
 
 /// The boxed error of the bodies in this crate (as tower's and hyper's `BoxError`).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

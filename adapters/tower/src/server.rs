@@ -88,6 +88,7 @@ struct Config<T> {
     timer: T,
     max: Option<Duration>,
     default: Option<Duration>,
+    margin: Duration,
     grpc_timeout: bool,
     ms_header: Option<HeaderName>,
     strict: bool,
@@ -102,6 +103,7 @@ impl<T: Timer> Clone for Config<T> {
             timer: self.timer.clone(),
             max: self.max,
             default: self.default,
+            margin: self.margin,
             grpc_timeout: self.grpc_timeout,
             ms_header: self.ms_header.clone(),
             strict: self.strict,
@@ -122,6 +124,7 @@ impl<T: Timer> ContextLayer<T> {
                 timer,
                 max: None,
                 default: None,
+                margin: Duration::ZERO,
                 grpc_timeout: true,
                 ms_header: None,
                 strict: false,
@@ -151,6 +154,20 @@ impl<T: Timer> ContextLayer<T> {
     /// `header` (e.g. `connect-timeout-ms`). With `grpc-timeout` too, the shorter wins.
     pub fn timeout_ms_header(self, header: HeaderName) -> Self {
         self.edit(|c| c.ms_header = Some(header))
+    }
+
+    /// Ends the request's context `margin` before the client's deadline (default: zero),
+    /// so the server answers before the client gives up, and before any outer layer that
+    /// times out the same header fires.
+    ///
+    /// Under tonic's `Server`, which races its own timer for `grpc-timeout` outside the
+    /// layers it is given (and answers `CANCELLED` when that timer wins), a margin of one
+    /// timer tick (`Duration::from_millis(1)` on tokio) makes this layer's deadline come
+    /// first, so the context reports `DeadlineExceeded` with a [`RequestDeadline`] cause
+    /// rather than [`RequestEnd::ClientGone`]. [`RequestDeadline::timeout`] reports the
+    /// timeout after the margin.
+    pub fn margin(self, margin: Duration) -> Self {
+        self.edit(|c| c.margin = margin)
     }
 
     /// Whether to read `grpc-timeout` (default `true`).
@@ -220,6 +237,7 @@ impl<T: Timer> fmt::Debug for ContextLayer<T> {
             .field("base", &c.base)
             .field("max_timeout", &c.max)
             .field("default_timeout", &c.default)
+            .field("margin", &c.margin)
             .field("grpc_timeout", &c.grpc_timeout)
             .field("timeout_ms_header", &c.ms_header)
             .field("strict", &c.strict)
@@ -328,7 +346,7 @@ impl<T: Timer> Config<T> {
                 None
             }
             ClientTimeout::None => None,
-            ClientTimeout::Some(d, source) => Some((d, source)),
+            ClientTimeout::Some(d, source) => Some((d.saturating_sub(self.margin), source)),
         };
         let mut limit = client.clone();
         if client.is_none() {

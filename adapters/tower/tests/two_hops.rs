@@ -1,0 +1,1 @@
+//! Two hops (written next).
