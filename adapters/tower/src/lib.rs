@@ -71,6 +71,8 @@ mod server;
 
 #[cfg(feature = "axum")]
 mod axum;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 #[cfg(feature = "tonic")]
 mod tonic;
 
@@ -83,6 +85,8 @@ pub use kontext::{Context, Error};
 
 #[cfg(feature = "axum")]
 pub use crate::axum::{MissingContext, RequestContext};
+#[cfg(feature = "reqwest")]
+pub use crate::reqwest::{ContextRequest, RequestBuilderExt};
 #[cfg(feature = "tonic")]
 pub use crate::tonic::{status, TonicRequestExt};
 
