@@ -45,9 +45,9 @@ fn main() {
     log(
         &req,
         &format!(
-            "handler runs for user {:?}, deadline {:?}",
+            "handler runs for user {:?}, {:?} left before its deadline",
             req.value::<User>().unwrap().0,
-            req.deadline().unwrap()
+            req.remaining().unwrap()
         ),
     );
 
@@ -111,8 +111,8 @@ fn main() {
     log(
         &inner,
         &format!(
-            "inner deadline is the outer one: {:?}",
-            inner.deadline().unwrap()
+            "inner deadline is the outer one: {:?} left, not 10s",
+            inner.remaining().unwrap()
         ),
     );
     CLOCK.advance(Duration::from_secs(1));

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 6's embassy examples, outside the workspace (own lock files and target dirs, so
+# The embassy examples, outside the workspace (own lock files and target dirs, so
 # embassy-time's `std` driver never meets the `mock-driver` of kontext-embassy's tests):
 #   1. the firmware builds for thumbv7em-none-eabihf and thumbv6m-none-eabi (+ clippy);
 #   2. the host example runs and prints the expected trace.

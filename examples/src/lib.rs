@@ -1,4 +1,2 @@
-//! Holder crate for the runnable examples (`cargo run --example demo`).
-//!
-//! The workspace README is doc-tested here, so its example cannot rot.
-#![doc = include_str!("../../README.md")]
+//! Holder crate for the core demo (`cargo run --example demo`): a request's life in
+//! kontext with nothing but the core crate and a minimal executor.

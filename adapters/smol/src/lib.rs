@@ -21,6 +21,10 @@
 //! });
 //! ```
 //!
+//! The crate root holds the context types, [`background()`], the runtime half of a context
+//! ([`ContextExt`]), [`Group`], [`TaskTracker`] + [`drain`], and the runtime-neutral
+//! [`rt`] layer; the rest of the core crate is under [`kontext`], re-exported whole.
+//!
 //! Deterministic tests inject time: build the root with
 //! `Context::with_clock(&TIME)` for a `static TIME: kontext::rt::ManualTime` and pass
 //! `&TIME` as the timer ([`ContextExt::done_with`], [`SmolSpawner`] +
@@ -33,7 +37,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_executor::Executor;
-pub use kontext::*;
+/// The core crate, whole: everything not re-exported at the root (embedded `node`
+/// storage, `ManualClock`, the future types).
+pub use kontext;
+#[doc(no_inline)]
+pub use kontext::{
+    rt, CancelHandle, Cause, Clock, Context, Ctx, Error, Instant, OnCancel, StdClock,
+};
 
 /// [`kontext::rt::JoinHandle`] on smol: awaits a bound task, can cancel it.
 pub type JoinHandle<T> = rt::JoinHandle<SmolSpawner, T>;
@@ -209,3 +219,8 @@ impl ContextExt for Context {
 pub async fn drain(tracker: &TaskTracker, grace: Option<Duration>) -> Result<(), DrainTimeout> {
     rt::drain(&SmolTimer, tracker, grace).await
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -21,8 +21,24 @@
 //! # }
 //! ```
 //!
-//! Everything runtime-neutral comes from [`kontext`] (re-exported here) and its
-//! [`rt`] module; this crate binds tokio's clock, timer and spawner to it.
+//! The crate root holds what a tokio service needs: the context types ([`Context`],
+//! [`Ctx`], [`CancelHandle`], [`Error`], ...), [`background()`], the runtime half of a
+//! context ([`ContextExt`]: `done`, `run`, `sleep`, `spawn`), [`Group`], [`TaskTracker`] +
+//! [`drain`] and [`shutdown`]. Everything else of the core crate (contexts in `static` or
+//! pinned storage for embedded targets, the runtime-neutral `rt` layer, [`ManualClock`]
+//! for tests, the future types) is under [`kontext`], re-exported whole:
+//! `kontext_tokio::kontext::node::CancelNode`.
+//!
+//! ```
+//! use kontext_tokio::kontext::node::CancelNode; // embedded-only storage: under `kontext`
+//! use kontext_tokio::kontext::ManualClock;
+//! ```
+//!
+//! ```compile_fail
+//! use kontext_tokio::node::CancelNode; // not at the root of the tokio adapter
+//! ```
+//!
+//! [`ManualClock`]: kontext::ManualClock
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -32,7 +48,12 @@ use core::task::{Context as TaskContext, Poll};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-pub use kontext::*;
+/// The core crate, whole: everything not re-exported at the root (embedded `node`
+/// storage, the runtime-neutral `rt` layer, `ManualClock`, the future types).
+pub use kontext;
+use kontext::rt;
+#[doc(no_inline)]
+pub use kontext::{CancelHandle, Cause, Clock, Context, Ctx, Error, Instant, OnCancel};
 
 #[cfg(feature = "signal")]
 pub mod shutdown;
@@ -248,3 +269,14 @@ impl ContextExt for Context {
 pub async fn drain(tracker: &TaskTracker, grace: Option<Duration>) -> Result<(), DrainTimeout> {
     rt::drain(&TokioTimer, tracker, grace).await
 }
+
+/// The README's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+/// The workspace README's examples (tokio and the core crate), compiled and run as doc
+/// tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct WorkspaceReadmeDoctests;

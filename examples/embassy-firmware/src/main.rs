@@ -1,4 +1,4 @@
-//! Issue 6's firmware-style scenario as a Cortex-M firmware: the same `scenario.rs` as the
+//! kontext-embassy's firmware-style scenario as a Cortex-M firmware: the same `scenario.rs` as the
 //! host example (`../embassy-host`), on `embassy-executor` `platform-cortex-m`.
 //!
 //! ```sh

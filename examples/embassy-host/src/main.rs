@@ -1,4 +1,4 @@
-//! Issue 6's firmware-style scenario on the host: `embassy-executor` on `platform-std` and
+//! A firmware-style scenario on the host: `embassy-executor` on `platform-std` and
 //! embassy-time's `std` driver (real time). The scenario itself is in `scenario.rs`, shared
 //! with the firmware example (`../embassy-firmware`).
 //!

@@ -1,7 +1,7 @@
-//! Issue 6's firmware-style scenario, shared word for word by the host example (this crate)
-//! and the firmware example (`../embassy-firmware`, which includes this file with
-//! `#[path]`). The including crate defines `out!` (a `println!`-like macro) before
-//! `mod scenario;`.
+//! A firmware-style scenario (sensor, radio, supervisor), shared word for word by the host
+//! example (this crate) and the firmware example (`../embassy-firmware`, which includes
+//! this file with `#[path]`). The including crate defines `out!` (a `println!`-like
+//! macro) before `mod scenario;`.
 //!
 //! - `sensor`: samples every [`SAMPLE_EVERY`] until its context is cancelled.
 //! - `radio`: sends packets on a channel (a value in the context), each under its own

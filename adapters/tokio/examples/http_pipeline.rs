@@ -14,7 +14,7 @@ use kontext_tokio::{CancelHandle, Context, ContextExt, Error, TaskTracker};
 struct RequestId(u32);
 #[derive(Debug)]
 struct User(&'static str);
-/// Version negotiation through context values (seed detail 12).
+/// Version negotiation through context values: each layer reads what the one above set.
 #[derive(Debug)]
 struct ApiVersion(u8);
 
