@@ -18,6 +18,8 @@ use core::ptr::NonNull;
 use crate::error::Error;
 
 #[cfg(feature = "alloc")]
+use crate::error::CancelledBy;
+#[cfg(feature = "alloc")]
 use crate::sync::{AtomicUsize, Ordering::Relaxed};
 #[cfg(feature = "alloc")]
 use crate::tree::CancelNode;
@@ -488,6 +490,73 @@ impl Context {
         Context::from_node(tree::new_clock(self.node, clock))
     }
 
+    /// A context with this context's values, but the cancellation, deadline and clock of
+    /// `parent`: for work that must outlive the request it serves but not the server, such
+    /// as an audit write that should still stop at shutdown. [`detached`](Context::detached)
+    /// would cut it off from the shutdown too.
+    ///
+    /// The result is done when `parent` is: at `parent`'s (effective) deadline with
+    /// [`Error::DeadlineExceeded`], or when `parent` is cancelled with [`Error::Cancelled`]
+    /// and a [`CancelledBy`] cause that shows and leads to (`source()`) `parent`'s cause.
+    /// Cancelling `self` has no effect on it. Values are looked up in `self` (and its
+    /// ancestors); values added below the result come first, as always.
+    ///
+    /// Nothing needs to be cleaned up: the link to `parent` (an [`on_cancel`]
+    /// registration) is removed when the result and everything derived from it are
+    /// dropped, so a long-lived `parent` collects nothing per call. Four allocations.
+    ///
+    /// [`on_cancel`]: Context::on_cancel
+    ///
+    /// ```
+    /// use kontext::{CancelledBy, Context, Error};
+    ///
+    /// # #[derive(Debug)] struct Shutdown;
+    /// # impl std::fmt::Display for Shutdown {
+    /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("shutting down") }
+    /// # }
+    /// # impl std::error::Error for Shutdown {}
+    /// struct RequestId(u32);
+    ///
+    /// let (server, shutdown) = Context::background().child();
+    /// let (request, _done) = server.child();
+    /// let request = request.with_value(RequestId(7));
+    ///
+    /// let audit = request.detached_under(&server);
+    /// drop(_done); // the request ends: the audit job goes on, with the request's values
+    /// assert!(!audit.is_cancelled());
+    /// assert_eq!(audit.value::<RequestId>().map(|r| r.0), Some(7));
+    ///
+    /// shutdown.cancel_with_cause(Shutdown); // the server stops: so does the job
+    /// assert_eq!(audit.err(), Some(Error::Cancelled));
+    /// let cause = audit.cause().unwrap();
+    /// assert_eq!(cause.to_string(), "shutting down");
+    /// assert!(cause.downcast_ref::<CancelledBy>().is_some());
+    /// assert!(std::error::Error::source(cause).unwrap().is::<Shutdown>());
+    /// ```
+    #[doc(alias = "WithoutCancel")]
+    #[doc(alias = "AfterFunc")]
+    #[must_use = "a derived context does nothing unless used"]
+    pub fn detached_under(&self, parent: &Context) -> Context {
+        // Values of `self`, no cancellation from it, the clock of `parent`: then deadlines
+        // below are measured exactly as `parent`'s.
+        let clock = parent.header().and_then(Header::clock);
+        let base = Context::from_node(tree::new_clock(self.node, clock));
+        let (ctx, handle) = match parent.deadline() {
+            Some(deadline) => base.with_deadline(deadline),
+            None => base.child(),
+        };
+        let remote = handle.unarmed();
+        let source = parent.clone();
+        let registration = parent.on_cancel(move || {
+            remote.cancel_with_cause(CancelledBy::new(source));
+        });
+        // The registration lives as long as the result: dropped with its value node.
+        ctx.with_value(Binding {
+            registration,
+            _handle: handle,
+        })
+    }
+
     /// Runs `f` once when the context is done (Go's `context.AfterFunc`), on the thread
     /// that cancels it (or observes its deadline), or right now if it already is done.
     ///
@@ -780,7 +849,6 @@ impl CancelHandle {
     }
 
     /// A second handle that can cancel but does not cancel on drop (for join handles).
-    #[cfg(feature = "rt")]
     pub(crate) fn unarmed(&self) -> CancelHandle {
         tree::acquire_handle(self.node().header().link());
         CancelHandle {
@@ -822,6 +890,22 @@ impl fmt::Debug for CancelHandle {
             .field("armed", &self.armed)
             .field("cancelled", &self.is_cancelled())
             .finish()
+    }
+}
+
+/// What ties a [`Context::detached_under`] context to its parent: unregistered from the
+/// parent when the context is freed (this is its value).
+#[cfg(feature = "alloc")]
+struct Binding {
+    registration: OnCancel,
+    /// Armed: cancels the bound context's node as it goes (nothing below can be left).
+    _handle: CancelHandle,
+}
+
+#[cfg(feature = "alloc")]
+impl Drop for Binding {
+    fn drop(&mut self) {
+        self.registration.stop();
     }
 }
 

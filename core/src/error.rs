@@ -41,3 +41,72 @@ impl Error {
         }
     }
 }
+
+/// The cause of a context made by [`Context::detached_under`](crate::Context::detached_under)
+/// that was cancelled because its parent was: it shows the parent's cause, and leads to it
+/// through [`source`](core::error::Error::source) (so `downcast_ref` on the source finds
+/// the type the parent was cancelled with).
+///
+/// ```
+/// use std::error::Error as _;
+/// use kontext::{CancelledBy, Context, Error};
+///
+/// let (server, stop) = Context::background().child();
+/// let job = Context::background().with_value(1u8).detached_under(&server);
+/// stop.cancel();
+/// let by = job.cause().unwrap().downcast_ref::<CancelledBy>().unwrap();
+/// assert_eq!(by.reason(), Error::Cancelled);
+/// assert_eq!(by.to_string(), "context cancelled");
+/// assert!(by.source().unwrap().is::<Error>());
+/// ```
+#[cfg(feature = "alloc")]
+pub struct CancelledBy {
+    /// Done: the callback that makes this runs once it is.
+    parent: crate::Context,
+}
+
+#[cfg(feature = "alloc")]
+impl CancelledBy {
+    pub(crate) fn new(parent: crate::Context) -> Self {
+        CancelledBy { parent }
+    }
+
+    /// Why the parent is done.
+    pub fn reason(&self) -> Error {
+        self.parent.err().unwrap_or(Error::Cancelled)
+    }
+
+    /// The parent's cause (Go's `context.Cause(parent)`).
+    pub fn cause(&self) -> &Cause {
+        self.parent.cause().unwrap_or(Error::Cancelled.as_cause())
+    }
+
+    /// The parent context.
+    pub fn context(&self) -> &crate::Context {
+        &self.parent
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl fmt::Display for CancelledBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self.cause(), f)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for CancelledBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelledBy")
+            .field("reason", &self.reason())
+            .field("cause", &format_args!("{}", self.cause()))
+            .finish()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl core::error::Error for CancelledBy {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        Some(self.cause())
+    }
+}

@@ -21,6 +21,8 @@ mod wait;
 #[cfg(feature = "alloc")]
 pub use crate::context::{CancelHandle, OnCancel};
 pub use crate::context::{Context, Ctx};
+#[cfg(feature = "alloc")]
+pub use crate::error::CancelledBy;
 pub use crate::error::{Cause, Error};
 #[cfg(any(loom, target_has_atomic = "64"))]
 pub use crate::time::ManualClock;

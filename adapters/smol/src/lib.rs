@@ -42,7 +42,7 @@ use async_executor::Executor;
 pub use kontext;
 #[doc(no_inline)]
 pub use kontext::{
-    rt, CancelHandle, Cause, Clock, Context, Ctx, Error, Instant, OnCancel, StdClock,
+    rt, CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel, StdClock,
 };
 
 /// [`kontext::rt::JoinHandle`] on smol: awaits a bound task, can cancel it.

@@ -53,7 +53,9 @@ use std::time::Duration;
 pub use kontext;
 use kontext::rt;
 #[doc(no_inline)]
-pub use kontext::{CancelHandle, Cause, Clock, Context, Ctx, Error, Instant, OnCancel};
+pub use kontext::{
+    CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel,
+};
 
 #[cfg(feature = "signal")]
 pub mod shutdown;
