@@ -7,6 +7,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+mod alarm;
 mod context;
 mod error;
 pub mod node;
@@ -18,11 +19,14 @@ mod time;
 mod tree;
 mod wait;
 
+pub use crate::alarm::Alarms;
 #[cfg(feature = "alloc")]
 pub use crate::context::{CancelHandle, OnCancel};
 pub use crate::context::{Context, Ctx};
 #[cfg(feature = "alloc")]
 pub use crate::error::CancelledBy;
+#[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
+pub use crate::error::SharedCause;
 pub use crate::error::{Cause, Error};
 #[cfg(any(loom, target_has_atomic = "64"))]
 pub use crate::time::ManualClock;

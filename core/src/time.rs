@@ -14,6 +14,8 @@
 use core::fmt;
 use core::time::Duration;
 
+use crate::alarm::Alarms;
+
 /// A point on a [`Clock`]'s monotonic timeline, in nanoseconds since the clock's epoch.
 ///
 /// Arithmetic saturates: adding `Duration::MAX` gives [`Instant::FAR_FUTURE`], a deadline
@@ -146,6 +148,18 @@ impl core::ops::SubAssign<Duration> for Instant {
 pub trait Clock: Send + Sync + 'static {
     /// The current instant.
     fn now(&self) -> Instant;
+
+    /// The queue that makes this clock's deadlines fire on time, if it has one.
+    ///
+    /// When something comes to depend on a deadline (a task waits on the context, or an
+    /// `on_cancel` callback is registered), the deadline's context is armed in this queue,
+    /// and whoever drives it cancels the context when the deadline comes, whether anyone
+    /// looks or not (see [`Alarms`]). Called on the thread that arms: a clock may return
+    /// a queue for that thread's runtime. `None` (the default): deadlines are noticed when
+    /// somebody looks (`is_cancelled`, a waiter's poll).
+    fn alarms(&self) -> Option<&Alarms> {
+        None
+    }
 }
 
 impl fmt::Debug for dyn Clock {
@@ -223,6 +237,20 @@ impl Clock for StdClock {
     fn now(&self) -> Instant {
         Self::instant_from_std(std::time::Instant::now())
     }
+
+    /// One queue for the process, driven by one thread (`kontext-deadlines`), started the
+    /// first time a deadline on this clock is armed: as Go's runtime has one timer heap.
+    /// A program with no async runtime at all gets deadlines that fire on time.
+    #[cfg(not(loom))]
+    fn alarms(&self) -> Option<&Alarms> {
+        static ALARMS: Alarms = Alarms::new();
+        static DRIVER: std::sync::Once = std::sync::Once::new();
+        DRIVER.call_once(|| {
+            // If no thread can be started, deadlines stay lazy (noticed when looked at).
+            let _ = ALARMS.drive_in_thread(StdClock::STATIC);
+        });
+        Some(&ALARMS)
+    }
 }
 
 /// A clock that moves only when told: deterministic deadlines in tests.
@@ -236,12 +264,14 @@ impl Clock for StdClock {
 /// let (ctx, _guard) = root.with_timeout(Duration::from_secs(5));
 /// assert!(!ctx.is_cancelled());
 /// CLOCK.advance(Duration::from_secs(5));
-/// assert!(ctx.is_cancelled()); // observed at the check, no timer involved
+/// assert!(ctx.is_cancelled());
 /// ```
 #[cfg(any(loom, target_has_atomic = "64"))]
 #[derive(Debug)]
 pub struct ManualClock {
     nanos: crate::sync::AtomicU64,
+    /// Deadlines armed on this clock fire in `advance` and `set`, on the calling thread.
+    alarms: Alarms,
 }
 
 #[cfg(any(loom, target_has_atomic = "64"))]
@@ -251,6 +281,7 @@ impl ManualClock {
     pub const fn new() -> Self {
         Self {
             nanos: crate::sync::AtomicU64::new(0),
+            alarms: Alarms::new(),
         }
     }
     /// A clock standing at [`Instant::ZERO`].
@@ -258,10 +289,12 @@ impl ManualClock {
     pub fn new() -> Self {
         Self {
             nanos: crate::sync::AtomicU64::new(0),
+            alarms: Alarms::new(),
         }
     }
 
-    /// Moves the clock forward by `d` (saturating).
+    /// Moves the clock forward by `d` (saturating), then fires every armed deadline now
+    /// due (a context waited on, or with an `on_cancel` callback), on this thread.
     pub fn advance(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         // Relaxed: a clock reading publishes no other memory; the tree's own atomics
@@ -271,12 +304,15 @@ impl ManualClock {
             crate::sync::Ordering::Relaxed,
             |n| Some(n.saturating_add(nanos).min(Instant::FAR_FUTURE.0)),
         );
+        self.alarms.fire_due(self.now(), None);
     }
 
-    /// Sets the clock to `at`; a clock never goes backwards, so an earlier `at` is ignored.
+    /// Sets the clock to `at` and fires what is due, as `advance`; a clock never goes
+    /// backwards, so an earlier `at` is ignored.
     pub fn set(&self, at: Instant) {
         // Relaxed: as in `advance`.
         self.nanos.fetch_max(at.0, crate::sync::Ordering::Relaxed);
+        self.alarms.fire_due(self.now(), None);
     }
 }
 
@@ -292,6 +328,10 @@ impl Clock for ManualClock {
     fn now(&self) -> Instant {
         // Relaxed: see `advance`.
         Instant(self.nanos.load(crate::sync::Ordering::Relaxed))
+    }
+
+    fn alarms(&self) -> Option<&Alarms> {
+        Some(&self.alarms)
     }
 }
 

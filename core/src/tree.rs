@@ -120,6 +120,7 @@ use core::any::TypeId;
 use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
 
+use crate::alarm::{self, AlarmEntry};
 use crate::error::{Cause, Error};
 use crate::sync::{
     cas_then_fence, fence, store_then_fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering::*,
@@ -299,6 +300,8 @@ pub(crate) struct TimeExt {
 pub(crate) struct DeadlineNode {
     node: CancelNode,
     time: TimeExt,
+    /// Its place in its clock's alarm queue once something waits on it (`alarm.rs`).
+    alarm: AlarmEntry,
 }
 
 #[repr(C)]
@@ -1526,6 +1529,7 @@ pub(crate) unsafe fn new_cancel_in(
                     DeadlineNode {
                         node: node(Kind::Deadline),
                         time,
+                        alarm: AlarmEntry::new(),
                     },
                 )
             };
@@ -1554,6 +1558,10 @@ pub(crate) unsafe fn detach_user(n: NonNull<CancelNode>) {
     // SAFETY: the storage is still in place.
     let node = unsafe { n.as_ref() };
     let h = &node.header;
+    if h.link.kind == Kind::Deadline {
+        // Out of its clock's alarm queue first (alarm invariant 2). SAFETY: still in place.
+        unsafe { alarm::disarm_for_drop(n.cast()) };
+    }
     if h.link.slot != NO_SLOT {
         let owner = owner_of(h).expect("a registered node has an owner");
         if !unregister(owner, n.cast(), h.link.slot) {
@@ -1760,7 +1768,7 @@ impl TimeExt {
 /// cancelled and every other callback still runs, and then the first panic resumes here
 /// (unless this thread is already panicking).
 pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool {
-    walk(root, state, Panics::resume())
+    walk(root, state, Panics::resume(), false)
 }
 
 /// As `cancel`, for a walk that an observer starts because it saw a deadline pass
@@ -1768,30 +1776,58 @@ pub(crate) fn cancel(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool
 /// the observer's: they are caught (with `std`; the panic hook has reported them) and not
 /// resumed, so one component's panicking callback never panics another's `is_cancelled`.
 pub(crate) fn cancel_observed(root: NonNull<CancelNode>, state: *mut CauseRecord) -> bool {
-    walk(root, state, Panics::contain())
+    walk(root, state, Panics::contain(), false)
 }
 
-fn walk(root: NonNull<CancelNode>, state: *mut CauseRecord, mut panics: Panics) -> bool {
-    // SAFETY: the caller holds a handle (or a registered reference) on `root`.
+/// The alarm of deadline node `n` fires (`alarm.rs`): cancels it with `DeadlineExceeded`
+/// as an observer would, then lets the queue go of it (its last access for a user node,
+/// whose wakers wait until then: alarm invariant 4).
+///
+/// # Safety
+/// `n` is alive and its alarm entry is `FIRING`.
+pub(crate) unsafe fn fire(n: NonNull<DeadlineNode>) {
+    // SAFETY: the caller keeps `n` alive.
+    let state = deadline_state(unsafe { &n.as_ref().time });
+    walk(n.cast(), state, Panics::contain(), true);
+    // SAFETY: a heap node's queue handle (alarm invariant 2), given back after `DONE`.
+    unsafe { release_for_queue(n) };
+}
+
+fn walk(
+    root: NonNull<CancelNode>,
+    state: *mut CauseRecord,
+    mut panics: Panics,
+    fired: bool,
+) -> bool {
+    // SAFETY: the caller holds a handle (or a registered reference, or a firing alarm) on
+    // `root`.
     let r = unsafe { root.as_ref() };
     // AcqRel (in `cas_then_fence`): Release publishes the record; Acquire orders the walk
     // after any earlier publication. On failure we only free our own record. On success
-    // the fence is our side of invariants 5 and 6.
+    // the fence is our side of invariants 5 and 6 (and alarm invariant 3).
     if !cas_then_fence(&r.state, sentinel(LIVE), state) {
         if is_record(state) {
             // SAFETY: the record was ours and was never published.
             unsafe { drop_record(state) };
         }
+        if fired {
+            // SAFETY: a firing deadline node, alive until this call.
+            unsafe { alarm::fired(root.cast()) };
+        }
         return false;
     }
-    // The root is the caller's to keep alive (a handle, or a borrow of its storage): its
-    // waiters are woken at once.
-    notify(r, None, &mut panics);
+    if !fired && r.header.link.kind == Kind::Deadline {
+        // SAFETY: a deadline node, kept alive by our caller.
+        unsafe { alarm::disarm(root.cast()) };
+    }
     // Invariant 11: wakers met while we hold a user node's registration wait here until we
-    // hold none.
+    // hold none. A firing alarm holds a user root the same way (alarm invariant 4); any
+    // other caller keeps the root alive itself (a handle, or a borrow of its storage).
     let mut deferred = Deferred::new();
-    // User nodes on the current path below the root (their registrations are ours).
-    let mut held_user = 0usize;
+    let root_held = fired && r.header.link.storage == Storage::User;
+    notify(r, root_held.then_some(&mut deferred), &mut panics);
+    // User nodes on the current path whose registrations (or alarm) we hold.
+    let mut held_user = usize::from(root_held);
     let mut cur = root;
     // What the children of `cur` inherit.
     let mut inh = r.inherited_state();
@@ -1840,7 +1876,12 @@ fn walk(root: NonNull<CancelNode>, state: *mut CauseRecord, mut panics: Panics) 
                         // own registrants and waiters.
                         if cas_then_fence(&ch.state, sentinel(LIVE), st) {
                             // After the fence: a registrant or waiter we do not see here
-                            // sees the child cancelled (invariants 5 and 6).
+                            // sees the child cancelled (invariants 5 and 6), and an alarm
+                            // armed meanwhile sees it too (alarm invariant 3).
+                            if kind == Kind::Deadline {
+                                // SAFETY: a deadline node, alive through our reference.
+                                unsafe { alarm::disarm(child.cast()) };
+                            }
                             let defer = user || held_user > 0;
                             notify(ch, defer.then_some(&mut deferred), &mut panics);
                             let ch_side = ch.side();
@@ -1887,7 +1928,12 @@ fn walk(root: NonNull<CancelNode>, state: *mut CauseRecord, mut panics: Panics) 
             }
         }
     }
-    debug_assert_eq!(held_user, 0);
+    debug_assert_eq!(held_user, usize::from(root_held));
+    if fired {
+        // SAFETY: a firing deadline node; our last access to a user one (alarm invariant 4).
+        unsafe { alarm::fired(root.cast()) };
+    }
+    deferred.wake_all(&mut panics);
     panics.finish();
     true
 }
@@ -2083,6 +2129,8 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
         panics.finish();
         return None;
     }
+    // A callback depends on the deadline firing on time (Go's `AfterFunc`).
+    ctx.arm_deadline();
     // SAFETY: invariant 2 (the caller's context keeps its `state_src` alive).
     let owner = unsafe { owner_raw.as_ref() };
     let side = owner.ensure_side();
@@ -2163,6 +2211,83 @@ pub(crate) unsafe fn callback_ran(l: NonNull<Link>) -> bool {
         .state
         .load(Acquire)
         == CB_RUN
+}
+
+// ---------------------------------------------------------------------------------------
+// Alarms (`alarm.rs`): what the queue needs of a deadline node.
+
+/// The deadline of an armed node, in nanoseconds on its clock.
+///
+/// # Safety
+/// `n` is alive.
+pub(crate) unsafe fn deadline_of(n: *mut DeadlineNode) -> u64 {
+    // SAFETY: the caller guarantees liveness; `deadline` is immutable.
+    unsafe { (*n).time.deadline }
+}
+
+/// # Safety
+/// `n` is alive for `'a`.
+pub(crate) unsafe fn alarm_entry<'a>(n: *mut DeadlineNode) -> &'a AlarmEntry {
+    // SAFETY: the caller guarantees liveness.
+    unsafe { &*ptr::addr_of!((*n).alarm) }
+}
+
+/// Takes the handle an armed heap node holds for its queue (alarm invariant 2).
+pub(crate) fn acquire_for_queue(n: NonNull<DeadlineNode>) {
+    // SAFETY: the caller's context keeps `n` alive; user nodes are not counted.
+    acquire_handle(unsafe { &n.as_ref().node.header.link });
+}
+
+/// Gives back the queue's handle.
+///
+/// # Safety
+/// The caller owns the queue's handle on `n`.
+pub(crate) unsafe fn release_for_queue(n: NonNull<DeadlineNode>) {
+    // SAFETY: the caller owns a handle (a no-op on user nodes, invariant 8).
+    unsafe { release_handle(n.cast()) };
+}
+
+/// Whether a deadline node's state is final (alarm invariant 3's load).
+///
+/// # Safety
+/// `n` is alive.
+pub(crate) unsafe fn deadline_node_done(n: NonNull<DeadlineNode>) -> bool {
+    // Acquire: as in `is_done`. SAFETY: the caller keeps `n` alive.
+    unsafe { n.as_ref() }.node.state.load(Acquire).addr() != LIVE
+}
+
+impl Header {
+    /// Something now waits on this context (a waiter links, a callback registers): arms its
+    /// deadline's alarm, if it has a deadline that can pass and its clock can fire it
+    /// (`alarm.rs`). One load on every later call.
+    #[inline]
+    pub(crate) fn arm_deadline(&self) {
+        let Some(t) = self.time_src else { return };
+        // SAFETY: invariant 2 keeps the time source alive.
+        if unsafe { t.as_ref() }.link.kind != Kind::Deadline {
+            return;
+        }
+        let n = t.cast::<DeadlineNode>();
+        // SAFETY: a deadline node, alive (invariant 2).
+        let e = unsafe { alarm_entry(n.as_ptr()) };
+        if !e.is_idle() {
+            return;
+        }
+        arm_cold(n);
+    }
+}
+
+#[cold]
+fn arm_cold(n: NonNull<DeadlineNode>) {
+    // SAFETY: the caller's context keeps `n` alive (invariant 2).
+    let te = unsafe { &n.as_ref().time };
+    if te.deadline >= Instant::FAR_FUTURE.as_nanos() {
+        return; // never reached
+    }
+    if let Some(q) = te.clock.alarms() {
+        // SAFETY: as above.
+        unsafe { alarm::arm(n, q) };
+    }
 }
 
 // ---------------------------------------------------------------------------------------

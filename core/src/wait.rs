@@ -317,6 +317,9 @@ impl Waiter {
         let Some(src) = h.state_src() else {
             return Poll::Pending; // detached, no deadline: never done
         };
+        // From now on something waits on this context: its deadline must fire on time
+        // (`alarm.rs`; one load once armed).
+        h.arm_deadline();
         let n = self.node.with_mut(|n| n);
         // Invariant 1: clone before locking. A waiter not linked yet needs the clone; a
         // linked one usually still holds a waker that will wake this task.

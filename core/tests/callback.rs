@@ -84,21 +84,23 @@ fn runs_at_once_on_an_expired_but_unobserved_deadline() {
 }
 
 #[test]
-fn observing_a_deadline_runs_callbacks() {
+fn a_deadline_runs_callbacks_when_it_passes_with_nobody_looking() {
     static CLOCK: ManualClock = ManualClock::new();
     let n = counter();
     let root = Context::with_clock(&CLOCK);
     let (ctx, _h) = root.with_timeout(Duration::from_secs(1));
+    let (kid, _k) = ctx.child();
     let cb = ctx.on_cancel(bump(&n));
-    CLOCK.advance(Duration::from_secs(2));
-    assert_eq!(
-        n.load(SeqCst),
-        0,
-        "no timer: nothing runs until somebody looks"
-    );
+    let kid_cb = kid.on_cancel(bump(&n));
+    CLOCK.advance(Duration::from_millis(999));
+    assert_eq!(n.load(SeqCst), 0, "not before the deadline");
+    CLOCK.advance(Duration::from_millis(1));
+    // Go's AfterFunc: the deadline's timer runs them, nobody has to look.
+    assert_eq!(n.load(SeqCst), 2, "at the deadline, with nobody looking");
+    assert!(cb.has_run() && kid_cb.has_run());
+    assert_eq!(kid.err(), Some(Error::DeadlineExceeded));
     assert!(ctx.is_cancelled());
-    assert_eq!(n.load(SeqCst), 1);
-    assert!(cb.has_run());
+    assert_eq!(n.load(SeqCst), 2, "each once");
 }
 
 #[test]

@@ -646,3 +646,94 @@ fn deadline_observer_races_intermediate_cancel_walk() {
         }
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Alarms (`alarm.rs`): deadlines that fire on time
+
+fn armed(clock: &ManualClock) -> usize {
+    use kontext::Clock;
+    clock.alarms().unwrap().armed()
+}
+
+/// Alarm invariants 1 and 2: the clock fires an armed deadline while its handle cancels
+/// it: one of them wins, the callback runs once, the queue lets go, nothing leaks.
+#[test]
+fn alarm_fire_races_cancel() {
+    model(|| {
+        let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+        let root = Context::with_clock(clock);
+        let (ctx, cancel) = root.with_timeout(core::time::Duration::from_secs(1));
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let cb = ctx.on_cancel(move || {
+            r.fetch_add(1, SeqCst);
+        }); // arms the deadline
+        assert_eq!(armed(clock), 1);
+        let t = thread::spawn(move || clock.advance(core::time::Duration::from_secs(1)));
+        let won = cancel.cancel();
+        t.join().unwrap();
+        assert_eq!(runs.load(SeqCst), 1);
+        assert_eq!(armed(clock), 0);
+        let want = if won {
+            Error::Cancelled
+        } else {
+            Error::DeadlineExceeded
+        };
+        assert_eq!(ctx.err(), Some(want));
+        drop(cb);
+    });
+}
+
+/// Alarm invariant 3: arming (a callback registers) races a cancel: the alarm never stays
+/// armed on a cancelled node (which would keep it alive until its deadline).
+#[test]
+fn alarm_arm_races_cancel() {
+    model(|| {
+        let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+        let root = Context::with_clock(clock);
+        let (ctx, cancel) = root.with_timeout(core::time::Duration::from_secs(1));
+        let other = ctx.clone();
+        let t = thread::spawn(move || other.on_cancel(|| {}));
+        cancel.cancel();
+        let cb = t.join().unwrap();
+        assert_eq!(armed(clock), 0, "a cancelled node left armed");
+        assert!(cb.has_run());
+    });
+}
+
+/// Alarm invariant 2: the last handles go while the clock fires the node: the queue's own
+/// handle keeps it alive until the fire is over, and then it is freed (no leak, no
+/// use after free).
+#[test]
+fn alarm_fire_races_last_handle_drop() {
+    model(|| {
+        let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+        let root = Context::with_clock(clock);
+        let (ctx, cancel) = root.with_timeout(core::time::Duration::from_secs(1));
+        let cb = ctx.on_cancel(|| {});
+        let ctx = cancel.disarm(); // lives until its deadline or its parent
+        let t = thread::spawn(move || drop((ctx, cb)));
+        clock.advance(core::time::Duration::from_secs(1));
+        t.join().unwrap();
+        assert_eq!(armed(clock), 0);
+    });
+}
+
+/// The clock fires while a waiter registers (and arms): the waiter is woken or sees the
+/// deadline itself; never a lost wake-up.
+#[test]
+fn alarm_fire_races_waiter_registration() {
+    model(|| {
+        let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+        let root = Context::with_clock(clock);
+        let (ctx, _cancel) = root.with_timeout(core::time::Duration::from_secs(1));
+        let (kid, _k) = ctx.child();
+        let t = thread::spawn(move || {
+            loom::future::block_on(kid.cancelled());
+            kid.err()
+        });
+        clock.advance(core::time::Duration::from_secs(1));
+        assert_eq!(t.join().unwrap(), Some(Error::DeadlineExceeded));
+        assert_eq!(armed(clock), 0);
+    });
+}

@@ -11,7 +11,9 @@
 //! - the effective deadline is the earliest of the node's own and its ancestors' (up to the
 //!   nearest detached node); a deadline child whose deadline is not earlier than the
 //!   inherited one is a plain cancellable child (as Go), and its cause is never used;
-//! - deadlines are observed lazily (no timer): whoever looks at a context whose effective
+//! - a deadline that a callback depends on is armed in the clock's alarm queue, and fires
+//!   (cancels its node with `DeadlineExceeded`) when the clock passes it, earliest first;
+//! - other deadlines are observed lazily (no timer): whoever looks at a context whose effective
 //!   deadline has passed (`is_cancelled`, `err`, `cause`, `CancelHandle::cancel` /
 //!   `cancel_with_cause` / `is_cancelled` / drop, `on_cancel`) cancels the deadline's owner
 //!   with `DeadlineExceeded` (and the deadline's own cause, if any) before anything else
@@ -315,6 +317,9 @@ struct Model {
     now: u64,
     nodes: Vec<Node>,
     cbs: Vec<Cb>,
+    /// Deadline nodes armed in the clock's alarm queue (a callback depends on them), in
+    /// arming order: the clock fires them when it passes their deadline.
+    armed: Vec<usize>,
 }
 
 impl Model {
@@ -327,6 +332,7 @@ impl Model {
                 done: None,
             }],
             cbs: Vec::new(),
+            armed: Vec::new(),
         }
     }
 
@@ -453,6 +459,35 @@ impl Model {
         None
     }
 
+    /// The clock moved: fires every armed deadline now due, earliest first (ties in arming
+    /// order), as the alarm queue does.
+    fn fire_due(&mut self) {
+        loop {
+            let due = self
+                .armed
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &t)| {
+                    let at = self.deadline(t)?;
+                    (at <= self.now).then_some((at, i, t))
+                })
+                .min();
+            let Some((_, i, t)) = due else { return };
+            self.armed.remove(i);
+            let Kind::Deadline { cause, .. } = self.nodes[t].kind else {
+                unreachable!()
+            };
+            let cause = cause.map_or(Why::Bare(Error::DeadlineExceeded), Why::Step);
+            self.cancel(
+                t,
+                Done {
+                    err: Error::DeadlineExceeded,
+                    cause,
+                },
+            );
+        }
+    }
+
     fn push(&mut self, parent: usize, kind: Kind) -> usize {
         self.nodes.push(Node {
             parent: Some(parent),
@@ -492,6 +527,12 @@ impl Model {
                 if self.done(n).is_some() {
                     Cb::Ran
                 } else {
+                    // The callback depends on the deadline: its node is armed (once).
+                    if let Some(t) = self.time_owner(n) {
+                        if self.deadline(t).is_some_and(|at| at < FAR) && !self.armed.contains(&t) {
+                            self.armed.push(t);
+                        }
+                    }
                     Cb::Pending { owner }
                 }
             }
@@ -787,12 +828,14 @@ fn apply(
         Op::Advance { by, .. } => {
             real.clock.advance(by.duration());
             model.now = model.now.saturating_add(by.nanos()).min(FAR);
+            model.fire_due();
             format!("clock advanced to {}", model.now)
         }
         Op::SetClock { to, .. } => {
             let at = to.at(model.now);
             real.clock.set(Instant::from_nanos(at));
             model.now = model.now.max(at);
+            model.fire_due();
             format!("clock set to {at}: now {}", model.now)
         }
         Op::OnCancel { ctx } => {

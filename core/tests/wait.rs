@@ -251,7 +251,7 @@ fn an_expired_deadline_is_noticed_when_polled() {
 }
 
 #[test]
-fn a_waiter_is_woken_when_another_observer_sees_the_deadline() {
+fn a_waiter_is_woken_at_the_deadline_with_nobody_looking() {
     static CLOCK: ManualClock = ManualClock::new();
     let root = Context::with_clock(&CLOCK);
     let (ctx, _h) = root.with_timeout(Duration::from_secs(1));
@@ -259,8 +259,36 @@ fn a_waiter_is_woken_when_another_observer_sees_the_deadline() {
     let (count, waker) = counting_waker();
     let mut wait = pin!(kid.cancelled());
     assert!(poll_once(wait.as_mut(), &waker).is_pending());
-    CLOCK.advance(Duration::from_secs(1));
-    assert_eq!(wakes(&count), 0, "no timer");
+    CLOCK.advance(Duration::from_millis(999));
+    assert_eq!(wakes(&count), 0, "not before the deadline");
+    CLOCK.advance(Duration::from_millis(1));
+    assert_eq!(wakes(&count), 1, "woken by the deadline's alarm");
+    assert!(poll_once(wait.as_mut(), &waker).is_ready());
+    assert_eq!(kid.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(wakes(&count), 1);
+}
+
+/// A clock without an alarm queue (a custom clock that cannot fire deadlines): deadlines
+/// are noticed when somebody looks, and a waiter is woken then.
+struct Lazy(ManualClock);
+
+impl kontext::Clock for Lazy {
+    fn now(&self) -> kontext::Instant {
+        self.0.now()
+    }
+}
+
+#[test]
+fn on_a_clock_without_alarms_a_waiter_is_woken_when_an_observer_sees_the_deadline() {
+    static LAZY: Lazy = Lazy(ManualClock::new());
+    let root = Context::with_clock(&LAZY);
+    let (ctx, _h) = root.with_timeout(Duration::from_secs(1));
+    let (kid, _hk) = ctx.child();
+    let (count, waker) = counting_waker();
+    let mut wait = pin!(kid.cancelled());
+    assert!(poll_once(wait.as_mut(), &waker).is_pending());
+    LAZY.0.advance(Duration::from_secs(1));
+    assert_eq!(wakes(&count), 0, "no alarm on this clock");
     assert!(ctx.is_cancelled()); // observing it cancels the owner and its subtree
     assert_eq!(wakes(&count), 1);
 }

@@ -1,0 +1,239 @@
+//! Deadlines fire on time: a waited-on (or callback-carrying) deadline is armed in its
+//! clock's alarm queue and fires when the clock reaches it, with nobody looking; one alarm
+//! per deadline node; disarmed by a cancel or a drop before it fires; never a busy loop.
+
+#![cfg(feature = "std")]
+
+use std::future::Future;
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{mpsc, Arc};
+use std::task::{Context as TaskCx, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kontext::node::{ClockRoot, DeadlineNode};
+use kontext::{Clock, Context, Error, ManualClock, StdClock};
+
+#[derive(Default)]
+struct Counter(AtomicUsize);
+
+impl Wake for Counter {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, SeqCst);
+    }
+}
+
+fn counting() -> (Arc<Counter>, Waker) {
+    let c = Arc::new(Counter::default());
+    (c.clone(), Waker::from(c))
+}
+
+fn poll<F: Future + ?Sized>(f: Pin<&mut F>, w: &Waker) -> Poll<F::Output> {
+    f.poll(&mut TaskCx::from_waker(w))
+}
+
+fn leaked_clock() -> &'static ManualClock {
+    Box::leak(Box::new(ManualClock::new()))
+}
+
+fn armed(clock: &ManualClock) -> usize {
+    clock.alarms().unwrap().armed()
+}
+
+#[test]
+fn a_thousand_waiters_on_one_deadline_arm_one_alarm_and_all_wake_at_it() {
+    let clock = leaked_clock();
+    let root = Context::with_clock(clock);
+    let (ctx, _cancel) = root.with_timeout(Duration::from_millis(50));
+    let kids: Vec<_> = (0..10).map(|_| ctx.child()).collect();
+    let (count, waker) = counting();
+    let mut waits: Vec<_> = (0..1000)
+        .map(|i| Box::pin(kids[i % 10].0.cancelled()))
+        .collect();
+    for w in &mut waits {
+        assert!(poll(w.as_mut(), &waker).is_pending());
+    }
+    assert_eq!(armed(clock), 1, "one alarm for the deadline node");
+    clock.advance(Duration::from_millis(49));
+    assert_eq!(count.0.load(SeqCst), 0, "not before the deadline");
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(
+        count.0.load(SeqCst),
+        1000,
+        "every waiter, once, at the deadline"
+    );
+    assert_eq!(armed(clock), 0);
+    for w in &mut waits {
+        assert!(poll(w.as_mut(), &waker).is_ready());
+    }
+    assert_eq!(kids[3].0.err(), Some(Error::DeadlineExceeded));
+}
+
+#[test]
+fn a_deadline_nobody_waits_on_arms_nothing() {
+    let clock = leaked_clock();
+    let root = Context::with_clock(clock);
+    let (ctx, _cancel) = root.with_timeout(Duration::from_millis(50));
+    let (_kid, _k) = ctx.child();
+    let _v = ctx.with_value(1u8);
+    assert!(!ctx.is_cancelled());
+    assert_eq!(armed(clock), 0);
+}
+
+#[test]
+fn cancel_and_drop_before_the_deadline_disarm() {
+    let clock = leaked_clock();
+    let root = Context::with_clock(clock);
+    let (cancelled, cancel) = root.with_timeout(Duration::from_secs(1));
+    let (dropped, drop_me) = root.with_timeout(Duration::from_secs(1));
+    let (count, waker) = counting();
+    let mut w1 = pin!(cancelled.cancelled());
+    let mut w2 = pin!(dropped.cancelled());
+    assert!(poll(w1.as_mut(), &waker).is_pending());
+    assert!(poll(w2.as_mut(), &waker).is_pending());
+    assert_eq!(armed(clock), 2);
+    assert!(cancel.cancel());
+    assert_eq!(armed(clock), 1, "the cancel disarmed its alarm");
+    drop(drop_me); // cancels on drop
+    assert_eq!(armed(clock), 0, "dropping the handle disarmed it");
+    assert_eq!(count.0.load(SeqCst), 2);
+    clock.advance(Duration::from_secs(2));
+    assert_eq!(count.0.load(SeqCst), 2, "nothing fires later");
+    assert_eq!(cancelled.err(), Some(Error::Cancelled));
+    assert_eq!(dropped.err(), Some(Error::Cancelled));
+}
+
+#[test]
+fn a_callback_runs_at_the_deadline_and_the_stream_and_the_race_end_there() {
+    let clock = leaked_clock();
+    let root = Context::with_clock(clock);
+    let (ctx, _cancel) = root.with_timeout(Duration::from_millis(50));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let _cb = ctx.on_cancel(move || {
+        r.fetch_add(1, SeqCst);
+    });
+    let (count, waker) = counting();
+    let mut race = pin!(ctx.run_until_cancelled(std::future::pending::<()>()));
+    let mut stream = pin!(ctx.stream_until_cancelled(futures_util::stream::pending::<u8>()));
+    assert!(poll(race.as_mut(), &waker).is_pending());
+    assert!(poll(pin!(stream.as_mut().next()), &waker).is_pending());
+    clock.advance(Duration::from_millis(50));
+    assert_eq!(ran.load(SeqCst), 1, "the callback ran at the deadline");
+    assert_eq!(count.0.load(SeqCst), 2, "both woken, once");
+    assert_eq!(
+        poll(race.as_mut(), &waker),
+        Poll::Ready(Err(Error::DeadlineExceeded))
+    );
+    let item = poll(pin!(stream.as_mut().next()), &waker);
+    assert!(matches!(
+        item,
+        Poll::Ready(Some(Err(Error::DeadlineExceeded)))
+    ));
+    assert!(matches!(
+        poll(pin!(stream.as_mut().next()), &waker),
+        Poll::Ready(None)
+    ));
+}
+
+#[test]
+fn a_pinned_deadline_node_fires_and_is_disarmed_when_dropped_first() {
+    let clock = leaked_clock();
+    let root = Box::leak(Box::new(ClockRoot::new(clock)));
+    let root = Pin::static_ref(root).context();
+    let (count, waker) = counting();
+    {
+        let node = pin!(DeadlineNode::<2>::new());
+        let ctx = node.as_ref().attach_timeout(root, Duration::from_secs(1));
+        let mut wait = pin!(ctx.cancelled());
+        assert!(poll(wait.as_mut(), &waker).is_pending());
+        assert_eq!(armed(clock), 1);
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(count.0.load(SeqCst), 1, "fired with nobody looking");
+        assert!(poll(wait.as_mut(), &waker).is_ready());
+        assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    }
+    {
+        let node = pin!(DeadlineNode::<2>::new());
+        let ctx = node.as_ref().attach_timeout(root, Duration::from_secs(1));
+        let mut wait = pin!(ctx.cancelled());
+        assert!(poll(wait.as_mut(), &waker).is_pending());
+        assert_eq!(armed(clock), 1);
+    } // the storage goes before its deadline: out of the queue
+    assert_eq!(armed(clock), 0);
+    clock.advance(Duration::from_secs(5));
+    assert_eq!(count.0.load(SeqCst), 1);
+}
+
+#[test]
+fn a_waiter_is_polled_a_bounded_number_of_times() {
+    let clock = leaked_clock();
+    let root = Context::with_clock(clock);
+    let (ctx, _cancel) = root.with_timeout(Duration::from_millis(300));
+    let (count, waker) = counting();
+    let mut wait = pin!(ctx.cancelled());
+    let mut polls = 1;
+    assert!(poll(wait.as_mut(), &waker).is_pending());
+    for _ in 0..30 {
+        clock.advance(Duration::from_millis(10));
+        while count.0.swap(0, SeqCst) > 0 {
+            polls += 1;
+            if poll(wait.as_mut(), &waker).is_ready() {
+                assert_eq!(polls, 2, "one poll to wait, one when woken at the deadline");
+                return;
+            }
+        }
+    }
+    panic!("not done at the deadline");
+}
+
+/// The default clock, with no runtime at all: a thread (`kontext-deadlines`) fires armed
+/// deadlines.
+#[test]
+fn on_the_std_clock_a_callback_fires_at_the_deadline_with_nobody_looking() {
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(50));
+    let deadline = ctx.deadline().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let _cb = ctx.on_cancel(move || {
+        let _ = tx.send(StdClock.now());
+    });
+    assert!(!ctx.is_cancelled());
+    let fired_at = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the callback ran within 5 s without anyone looking");
+    assert!(fired_at >= deadline, "not before the deadline");
+    assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+}
+
+#[test]
+fn on_the_std_clock_a_blocked_waiter_wakes_at_the_deadline() {
+    let (ctx, _cancel) = Context::background().with_timeout(Duration::from_millis(50));
+    let (kid, _k) = ctx.child();
+    let deadline = ctx.deadline().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        futures_executor::block_on(kid.cancelled());
+        let _ = tx.send((StdClock.now(), kid.err()));
+    });
+    let (woke_at, err) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the waiter woke within 5 s");
+    assert!(woke_at >= deadline, "not before the deadline");
+    assert_eq!(err, Some(Error::DeadlineExceeded));
+}
+
+#[test]
+fn a_parents_cancel_disarms_the_deadlines_below_it() {
+    let clock = leaked_clock();
+    let root = Context::with_clock(clock);
+    let (parent, cancel) = root.child();
+    let (ctx, _c) = parent.with_timeout(Duration::from_secs(1));
+    let (inner, _i) = ctx.with_timeout(Duration::from_millis(500));
+    let _a = ctx.on_cancel(|| {});
+    let _b = inner.on_cancel(|| {});
+    assert_eq!(armed(clock), 2);
+    assert!(cancel.cancel());
+    assert_eq!(armed(clock), 0, "the walk disarmed both");
+    assert_eq!(inner.err(), Some(Error::Cancelled));
+}
