@@ -42,7 +42,8 @@ use async_executor::Executor;
 pub use kontext;
 #[doc(no_inline)]
 pub use kontext::{
-    rt, CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel, StdClock,
+    rt, CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel,
+    SharedCause, StdClock,
 };
 
 /// [`kontext::rt::JoinHandle`] on smol: awaits a bound task, can cancel it.

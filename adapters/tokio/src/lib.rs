@@ -54,9 +54,10 @@ pub use kontext;
 use kontext::rt;
 #[doc(no_inline)]
 pub use kontext::{
-    CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel,
+    CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel, SharedCause,
 };
 
+mod alarms;
 #[cfg(feature = "signal")]
 pub mod shutdown;
 
@@ -141,6 +142,11 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> Instant {
         TokioClock::instant(tokio::time::Instant::now())
+    }
+
+    /// Deadlines fire on time on the runtime where they are waited on (see `alarms.rs`).
+    fn alarms(&self) -> Option<&kontext::Alarms> {
+        alarms::alarms()
     }
 }
 
