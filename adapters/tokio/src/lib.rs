@@ -57,7 +57,6 @@ pub use kontext::{
     CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel, SharedCause,
 };
 
-mod alarms;
 #[cfg(feature = "signal")]
 pub mod shutdown;
 
@@ -142,11 +141,6 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> Instant {
         TokioClock::instant(tokio::time::Instant::now())
-    }
-
-    /// Deadlines fire on time on the runtime where they are waited on (see `alarms.rs`).
-    fn alarms(&self) -> Option<&kontext::Alarms> {
-        alarms::alarms()
     }
 }
 
