@@ -69,13 +69,21 @@ async fn a_parent_cancelled_with_a_cause_is_reported_with_that_cause() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         cancel.cancel_with_cause(Aborted);
     });
-    match group.wait().await {
-        Err(GroupError::Cancelled(stopped)) => {
+    let err = group.wait().await.unwrap_err();
+    match &err {
+        GroupError::Cancelled(stopped) => {
             assert_eq!(stopped.reason(), Error::Cancelled);
             assert_eq!(stopped.cause().downcast_ref::<Aborted>(), Some(&Aborted));
         }
         other => panic!("expected the parent's cancel, got {other:?}"),
     }
+    // `?` into `std::io::Error`: not `Interrupted`, which I/O loops would retry.
+    let io: std::io::Error = err.into();
+    assert_eq!(io.kind(), std::io::ErrorKind::Other);
+    assert_eq!(
+        io.to_string(),
+        "group tasks stopped before they finished: client went away"
+    );
     assert_eq!(finished.load(SeqCst), 0);
 }
 

@@ -206,8 +206,8 @@ impl<E: PartialEq> PartialEq for GroupError<E> {
 
 /// A `Group::<std::io::Error>::wait` result converts with `?` into `std::io::Error`: a task's
 /// error as it is, a cancellation as [`ErrorKind::TimedOut`](std::io::ErrorKind::TimedOut)
-/// (deadline) or [`ErrorKind::Interrupted`](std::io::ErrorKind::Interrupted) carrying the
-/// [`GroupCancelled`].
+/// (deadline) or [`ErrorKind::Other`](std::io::ErrorKind::Other) (not `Interrupted`, which
+/// I/O loops retry) carrying the [`GroupCancelled`].
 impl From<GroupError<std::io::Error>> for std::io::Error {
     fn from(e: GroupError<std::io::Error>) -> Self {
         match e {
@@ -215,7 +215,7 @@ impl From<GroupError<std::io::Error>> for std::io::Error {
             GroupError::Cancelled(c) => {
                 let kind = match c.reason() {
                     Error::DeadlineExceeded => std::io::ErrorKind::TimedOut,
-                    _ => std::io::ErrorKind::Interrupted,
+                    _ => std::io::ErrorKind::Other,
                 };
                 std::io::Error::new(kind, c)
             }
