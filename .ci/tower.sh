@@ -13,3 +13,5 @@ for f in axum tonic reqwest tracing; do
 done
 RUSTDOCFLAGS=-Dwarnings cargo doc -p kontext-tower --no-deps --all-features
 cargo test -p kontext-tower --all-features
+# The runnable example (two local servers, three scripted requests, a drain; ~2 s).
+cargo run -p kontext-tower --example middleware --features axum,reqwest

@@ -1,6 +1,5 @@
 //! [`ContextBody`]: the response body that keeps the request's context until it ends.
 
-use core::future::Future;
 use core::pin::Pin;
 use core::task::{self, Poll};
 use std::fmt;
@@ -8,12 +7,13 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use kontext::rt::{DoneOwned, Timer};
+use kontext::rt::Timer;
 use kontext::{CancelHandle, Error};
 use pin_project_lite::pin_project;
 
 use crate::cause::RequestEnd;
 use crate::respond::{grpc_status, Answer};
+use crate::watch::Watch;
 use crate::BoxError;
 
 pin_project! {
@@ -28,8 +28,7 @@ pin_project! {
     pub struct ContextBody<B, T: Timer> {
         #[pin]
         inner: Option<B>,
-        #[pin]
-        done: Option<DoneOwned<T>>,
+        watch: Option<Watch<T>>,
         handle: Option<CancelHandle>,
         grpc: bool,
         ended: bool,
@@ -57,7 +56,7 @@ impl<B, T: Timer> ContextBody<B, T> {
     pub(crate) fn detached(inner: B) -> Self {
         ContextBody {
             inner: Some(inner),
-            done: None,
+            watch: None,
             handle: None,
             grpc: false,
             ended: false,
@@ -70,7 +69,7 @@ impl<B: Body, T: Timer> ContextBody<B, T> {
     pub(crate) fn new(
         inner: Option<B>,
         handle: CancelHandle,
-        done: Option<DoneOwned<T>>,
+        watch: Option<Watch<T>>,
         grpc: bool,
     ) -> Self {
         // A body with nothing to send (HEAD, 204, an empty body) is complete even if
@@ -78,11 +77,26 @@ impl<B: Body, T: Timer> ContextBody<B, T> {
         let ended = inner.as_ref().is_none_or(|b| b.is_end_stream());
         ContextBody {
             inner,
-            done,
+            watch,
             handle: Some(handle),
             grpc,
             ended,
         }
+    }
+
+    /// Ends the body early because the context ended (enforcement): trailers with the
+    /// gRPC status, or an error for HTTP.
+    fn cut(self: Pin<&mut Self>, reason: Error) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let mut this = self.project();
+        *this.ended = true;
+        this.inner.set(None);
+        Poll::Ready(Some(if *this.grpc {
+            let mut trailers = HeaderMap::new();
+            grpc_status(&mut trailers, Answer::for_reason(reason));
+            Ok(Frame::trailers(trailers))
+        } else {
+            Err(Box::new(reason))
+        }))
     }
 
     fn finish(self: Pin<&mut Self>, how: RequestEnd) {
@@ -113,31 +127,18 @@ where
             return Poll::Ready(None);
         }
         // Enforcement: the context first; the handler's body is dropped once it is done.
-        if let Some(done) = this.done.as_mut().as_pin_mut() {
-            if done.poll(cx).is_ready() {
-                *this.ended = true;
-                this.inner.set(None);
-                let reason = this
-                    .done
-                    .as_ref()
-                    .as_pin_ref()
-                    .and_then(|d| d.get_ref().context().err())
-                    .unwrap_or(Error::Cancelled);
-                return Poll::Ready(Some(if *this.grpc {
-                    let mut trailers = HeaderMap::new();
-                    grpc_status(&mut trailers, Answer::for_reason(reason));
-                    Ok(Frame::trailers(trailers))
-                } else {
-                    Err(Box::new(reason))
-                }));
-            }
+        if let Some(reason) = this.watch.as_ref().and_then(Watch::is_done) {
+            return self.cut(reason);
         }
         let Some(inner) = this.inner.as_mut().as_pin_mut() else {
             self.finish(RequestEnd::Complete);
             return Poll::Ready(None);
         };
         match catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => match this.watch.as_mut().map(|w| w.poll_after_pending(cx)) {
+                Some(Poll::Ready(reason)) => self.cut(reason),
+                _ => Poll::Pending,
+            },
             Ok(Poll::Ready(None)) => {
                 self.finish(RequestEnd::Complete);
                 Poll::Ready(None)
@@ -181,7 +182,7 @@ impl<B: fmt::Debug, T: Timer> fmt::Debug for ContextBody<B, T> {
         f.debug_struct("ContextBody")
             .field("inner", &self.inner)
             .field("context", &self.handle.as_ref().map(|h| h.context()))
-            .field("enforced", &self.done.is_some())
+            .field("enforced", &self.watch.is_some())
             .field("ended", &self.ended)
             .finish()
     }

@@ -17,7 +17,7 @@ use std::fmt;
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use kontext::rt::{DoneOwned, Timer};
+use kontext::rt::Timer;
 use kontext::{Context, Error as Reason};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -25,6 +25,7 @@ use tower_service::Service;
 
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 use crate::respond::is_grpc;
+use crate::watch::Watch;
 use crate::BoxError;
 
 /// Makes outbound calls (a tonic `Channel`, a hyper client) inherit the [`Context`] in
@@ -223,8 +224,8 @@ where
                 );
             }
         }
-        let done = DoneOwned::new(ctx, timer.clone());
-        PropagateFuture::call(self.inner.call(req), Some(done), timer)
+        let watch = Watch::new(ctx, timer.clone());
+        PropagateFuture::call(self.inner.call(req), Some(watch), timer)
     }
 }
 
@@ -241,18 +242,17 @@ pin_project! {
     pub struct PropagateFuture<F, T: Timer> {
         #[pin]
         inner: Option<F>,
-        #[pin]
-        done: Option<DoneOwned<T>>,
+        watch: Option<Watch<T>>,
         failed: Option<Failed>,
         timer: T,
     }
 }
 
 impl<F, T: Timer> PropagateFuture<F, T> {
-    fn call(inner: F, done: Option<DoneOwned<T>>, timer: T) -> Self {
+    fn call(inner: F, watch: Option<Watch<T>>, timer: T) -> Self {
         PropagateFuture {
             inner: Some(inner),
-            done,
+            watch,
             failed: None,
             timer,
         }
@@ -261,7 +261,7 @@ impl<F, T: Timer> PropagateFuture<F, T> {
     fn failed(failed: Failed, timer: T) -> Self {
         PropagateFuture {
             inner: None,
-            done: None,
+            watch: None,
             failed: Some(failed),
             timer,
         }
@@ -284,25 +284,29 @@ where
             }));
         }
         // Invariant 3: the context first.
-        let ctx = match this.done.as_mut().as_pin_mut() {
-            Some(mut done) => {
-                if done.as_mut().poll(cx).is_ready() {
-                    this.inner.set(None); // drops the call: hyper resets the stream
-                    let ctx = done.context().clone();
-                    let reason = ctx.err().unwrap_or(Reason::Cancelled);
-                    return Poll::Ready(Err(Error::Done(ContextDone::new(reason, ctx))));
-                }
-                Some(done.context().clone())
+        if let Some(watch) = this.watch.as_ref() {
+            if let Some(reason) = watch.is_done() {
+                this.inner.set(None); // drops the call: hyper resets the stream
+                let done = ContextDone::new(reason, watch.context().clone());
+                return Poll::Ready(Err(Error::Done(done)));
             }
-            None => None,
-        };
+        }
         let inner = this
             .inner
             .as_mut()
             .as_pin_mut()
             .expect("polled after completion");
         match inner.poll(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if let Some(watch) = this.watch.as_mut() {
+                    if let Poll::Ready(reason) = watch.poll_after_pending(cx) {
+                        this.inner.set(None);
+                        let done = ContextDone::new(reason, watch.context().clone());
+                        return Poll::Ready(Err(Error::Done(done)));
+                    }
+                }
+                Poll::Pending
+            }
             Poll::Ready(Err(e)) => {
                 this.inner.set(None);
                 Poll::Ready(Err(Error::Inner(e)))
@@ -310,9 +314,13 @@ where
             Poll::Ready(Ok(res)) => {
                 this.inner.set(None);
                 let timer = this.timer.clone();
+                let watch = this
+                    .watch
+                    .take()
+                    .map(|w| Watch::new(w.context().clone(), timer));
                 Poll::Ready(Ok(res.map(|body| PropagateBody {
                     inner: body,
-                    done: ctx.map(|ctx| DoneOwned::new(ctx, timer)),
+                    watch,
                     ended: false,
                 })))
             }
@@ -323,7 +331,7 @@ where
 impl<F, T: Timer> fmt::Debug for PropagateFuture<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PropagateFuture")
-            .field("context", &self.done.as_ref().map(|d| d.context()))
+            .field("context", &self.watch.as_ref().map(Watch::context))
             .finish_non_exhaustive()
     }
 }
@@ -334,8 +342,7 @@ pin_project! {
     pub struct PropagateBody<B, T: Timer> {
         #[pin]
         inner: B,
-        #[pin]
-        done: Option<DoneOwned<T>>,
+        watch: Option<Watch<T>>,
         ended: bool,
     }
 }
@@ -357,15 +364,17 @@ where
         if *this.ended {
             return Poll::Ready(None);
         }
-        if let Some(mut done) = this.done.as_pin_mut() {
-            if done.as_mut().poll(cx).is_ready() {
-                *this.ended = true;
-                let ctx = done.context().clone();
-                let reason = ctx.err().unwrap_or(Reason::Cancelled);
-                return Poll::Ready(Some(Err(Box::new(ContextDone::new(reason, ctx)))));
-            }
+        let watch = this.watch;
+        if let Some(reason) = watch.as_ref().and_then(Watch::is_done) {
+            return cut(this.ended, watch, reason);
         }
-        this.inner.poll_frame(cx).map_err(Into::into)
+        match this.inner.poll_frame(cx) {
+            Poll::Pending => match watch.as_mut().map(|w| w.poll_after_pending(cx)) {
+                Some(Poll::Ready(reason)) => cut(this.ended, watch, reason),
+                _ => Poll::Pending,
+            },
+            Poll::Ready(frame) => Poll::Ready(frame.map(|f| f.map_err(Into::into))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -381,9 +390,23 @@ impl<B: fmt::Debug, T: Timer> fmt::Debug for PropagateBody<B, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PropagateBody")
             .field("inner", &self.inner)
-            .field("context", &self.done.as_ref().map(|d| d.context()))
+            .field("context", &self.watch.as_ref().map(Watch::context))
             .finish()
     }
+}
+
+/// Ends a response body because its context ended: one error, then the end.
+fn cut<D, T: Timer>(
+    ended: &mut bool,
+    watch: &Option<Watch<T>>,
+    reason: Reason,
+) -> Poll<Option<Result<Frame<D>, BoxError>>> {
+    *ended = true;
+    let ctx = watch
+        .as_ref()
+        .map(|w| w.context().clone())
+        .unwrap_or_default();
+    Poll::Ready(Some(Err(Box::new(ContextDone::new(reason, ctx)))))
 }
 
 /// The error of [`PropagateService`]: the inner service's, or the context's.

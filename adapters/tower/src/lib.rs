@@ -68,6 +68,7 @@ pub mod client;
 pub mod grpc_timeout;
 mod respond;
 mod server;
+mod watch;
 
 #[cfg(feature = "axum")]
 mod axum;

@@ -22,7 +22,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use http::{HeaderName, Request, Response};
-use kontext::rt::{DoneOwned, Timer};
+use kontext::rt::Timer;
 use kontext::{CancelHandle, Context};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -32,6 +32,7 @@ use crate::body::ContextBody;
 use crate::cause::{DeadlineSource, RequestDeadline, RequestEnd};
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 use crate::respond::{is_grpc, Answer};
+use crate::watch::Watch;
 
 type Enrich = dyn Fn(&Context, &http::request::Parts) -> Context + Send + Sync;
 
@@ -388,9 +389,9 @@ where
             Some(outer) => config.request_context(outer, req.headers()),
             None => config.request_context(&config.base, req.headers()),
         };
-        let done = config
+        let watch = config
             .enforce
-            .then(|| DoneOwned::new(ctx.clone(), config.timer.clone()));
+            .then(|| Watch::new(ctx.clone(), config.timer.clone()));
         let state = State {
             handle,
             ctx: ctx.clone(),
@@ -401,7 +402,7 @@ where
         if let Some(answer) = answer {
             return ResponseFuture {
                 inner: None,
-                done: None,
+                watch: None,
                 answer: Some(answer),
                 state: Some(state),
             };
@@ -419,7 +420,7 @@ where
         req.extensions_mut().insert(handler_ctx);
         ResponseFuture {
             inner: Some(self.inner.call(req)),
-            done,
+            watch,
             answer: None,
             state: Some(state),
         }
@@ -441,8 +442,8 @@ impl<T: Timer> State<T> {
     }
 
     fn into_body<B: http_body::Body>(self, body: Option<B>) -> ContextBody<B, T> {
-        let done = self.enforce.then(|| DoneOwned::new(self.ctx, self.timer));
-        ContextBody::new(body, self.handle, done, self.grpc)
+        let watch = self.enforce.then(|| Watch::new(self.ctx, self.timer));
+        ContextBody::new(body, self.handle, watch, self.grpc)
     }
 }
 
@@ -454,8 +455,7 @@ pin_project! {
     pub struct ResponseFuture<F, T: Timer> {
         #[pin]
         inner: Option<F>,
-        #[pin]
-        done: Option<DoneOwned<T>>,
+        watch: Option<Watch<T>>,
         answer: Option<Answer>,
         state: Option<State<T>>,
     }
@@ -487,18 +487,13 @@ where
         let mut answer = this.answer.take();
         // Invariant 3: the context first; a done context never polls the handler again.
         if answer.is_none() {
-            if let Some(done) = this.done.as_mut().as_pin_mut() {
-                if done.poll(cx).is_ready() {
-                    this.inner.set(None); // drops the handler's future now
-                    let state = this.state.as_ref().expect("polled after completion");
-                    answer = Some(Answer::for_reason(
-                        state.ctx.err().unwrap_or(kontext::Error::Cancelled),
-                    ));
-                }
+            if let Some(reason) = this.watch.as_ref().and_then(Watch::is_done) {
+                answer = Some(Answer::for_reason(reason));
             }
         }
         let mut state = || this.state.take().expect("polled after completion");
         if let Some(answer) = answer {
+            this.inner.set(None); // drops the handler's future now
             let state = state();
             return Poll::Ready(Ok(answer.respond(state.grpc, state.into_body(None))));
         }
@@ -509,7 +504,18 @@ where
             .expect("polled after completion");
         let polled = catch_unwind(AssertUnwindSafe(|| inner.poll(cx)));
         match polled {
-            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Pending) => {
+                // Enforcement: wake at the deadline, or when the base is cancelled.
+                if let Some(watch) = this.watch.as_mut() {
+                    if let Poll::Ready(reason) = watch.poll_after_pending(cx) {
+                        this.inner.set(None);
+                        let state = state();
+                        let answer = Answer::for_reason(reason);
+                        return Poll::Ready(Ok(answer.respond(state.grpc, state.into_body(None))));
+                    }
+                }
+                Poll::Pending
+            }
             Ok(Poll::Ready(Ok(res))) => {
                 let state = state();
                 this.inner.set(None);
@@ -538,7 +544,7 @@ impl<F, T: Timer> fmt::Debug for ResponseFuture<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("context", &self.state.as_ref().map(|s| &s.ctx))
-            .field("enforced", &self.done.is_some())
+            .field("enforced", &self.watch.is_some())
             .finish_non_exhaustive()
     }
 }

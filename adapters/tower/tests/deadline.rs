@@ -358,3 +358,65 @@ async fn enforced_deadline_mid_body_ends_grpc_bodies_with_status_trailers() {
     assert_eq!(collected.trailers().unwrap()["grpc-status"], "4");
     assert_eq!(&collected.to_bytes()[..], b"first");
 }
+
+#[tokio::test(start_paused = true)]
+async fn enforced_deadline_mid_body_ends_http_bodies_with_an_error() {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let svc = ServiceBuilder::new()
+        .layer(
+            layer()
+                .enforce(true)
+                .default_timeout(Duration::from_millis(100)),
+        )
+        .service_fn(|_req: Request<Full<Bytes>>| async {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+            tx.send(Ok(Frame::data(Bytes::from_static(b"first"))))
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _keep = tx;
+                std::future::pending::<()>().await;
+            });
+            Ok::<_, Infallible>(Response::new(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            )))
+        });
+    let res = svc
+        .oneshot(Request::new(Full::new(Bytes::new())))
+        .await
+        .unwrap();
+    let mut body = Box::pin(res.into_body());
+    assert!(body.frame().await.unwrap().unwrap().is_data());
+    let err = body.frame().await.unwrap().unwrap_err();
+    assert_eq!(
+        err.downcast_ref::<kontext::Error>(),
+        Some(&kontext::Error::DeadlineExceeded)
+    );
+    assert!(body.frame().await.is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_empty_body_dropped_unread_counts_as_complete() {
+    let (ctx, res) = call(layer(), &[]).await;
+    let ctx = ctx.unwrap();
+    drop(res); // a full body, unread: the client went away
+    assert_eq!(request_end(&ctx), Some(RequestEnd::ClientGone));
+
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let s = seen.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service_fn(move |req: Request<Full<Bytes>>| {
+            *s.lock().unwrap() = Some(context(&req).unwrap().clone());
+            async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) }
+            // e.g. 204 / HEAD
+        });
+    let res = svc
+        .oneshot(Request::new(Full::new(Bytes::new())))
+        .await
+        .unwrap();
+    drop(res);
+    let ctx = seen.lock().unwrap().take().unwrap();
+    assert_eq!(request_end(&ctx), Some(RequestEnd::Complete));
+}
