@@ -886,9 +886,11 @@ impl Drop for CancelHandle {
 #[cfg(feature = "alloc")]
 impl fmt::Debug for CancelHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `peek`, not `is_cancelled`: formatting observes nothing (an expired deadline is
+        // read as done without cancelling or running callbacks).
         f.debug_struct("CancelHandle")
             .field("armed", &self.armed)
-            .field("cancelled", &self.is_cancelled())
+            .field("cancelled", &self.node().header().peek().is_some())
             .finish()
     }
 }
