@@ -93,6 +93,7 @@ static ROOT: node::ClockRoot = node::ClockRoot::new(&EmbassyClock);
 /// never cancelled, no deadline, no values. In `static` storage: allocates nothing. Attach
 /// [`node`]s below it (or use [`Context::from_static`] to derive heap children, with
 /// `alloc`). Use it instead of [`Ctx::background`], which has no clock without `std`.
+#[must_use = "a context does nothing unless used"]
 pub fn root() -> &'static Ctx {
     Pin::static_ref(&ROOT).context()
 }
@@ -103,6 +104,7 @@ pub fn root() -> &'static Ctx {
 /// itself allocates nothing; its descendants are heap nodes.
 #[cfg(feature = "alloc")]
 #[cfg_attr(docsrs, doc(cfg(feature = "alloc")))]
+#[must_use = "a context does nothing unless used"]
 pub fn background() -> Context {
     Context::from_static(root())
 }

@@ -61,6 +61,7 @@ pub use kontext::rt::{
 /// A root whose descendants measure deadlines on `std::time::Instant` (the clock
 /// `async-io` timers use). The same as [`Context::background`], spelled for symmetry with
 /// the other adapters.
+#[must_use = "a context does nothing unless used"]
 pub fn background() -> Context {
     Context::with_clock(StdClock::STATIC)
 }

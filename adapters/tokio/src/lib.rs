@@ -76,6 +76,7 @@ pub use kontext::rt::{
 /// A root whose descendants measure deadlines on tokio's clock ([`TokioClock`]), so
 /// `tokio::time::pause()` and `#[tokio::test(start_paused = true)]` make them
 /// deterministic. Use it instead of [`Context::background`].
+#[must_use = "a context does nothing unless used"]
 pub fn background() -> Context {
     Context::with_clock(&TokioClock)
 }

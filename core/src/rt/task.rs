@@ -166,6 +166,7 @@ impl<S: Spawn, O: Send + 'static> JoinHandle<S, O> {
     }
 
     /// The task's own context.
+    #[must_use]
     pub fn context(&self) -> Context {
         self.handle.context()
     }
