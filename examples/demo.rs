@@ -133,5 +133,17 @@ fn main() {
         // `_guard` goes out of scope here and cancels; Go's `defer cancel()` built in.
     }
     println!("a child whose CancelHandle was dropped is cancelled and unregistered");
+
+    println!("\n== 4. ...so keep the handle while the work runs ==");
+    let (ctx, _) = server.child(); // `_` drops the handle at the end of this statement
+    println!(
+        "let (ctx, _) = server.child();       -> already cancelled: {}",
+        ctx.is_cancelled()
+    );
+    let (ctx, _cancel) = server.child(); // `_cancel` lives to the end of the scope
+    println!(
+        "let (ctx, _cancel) = server.child(); -> already cancelled: {}",
+        ctx.is_cancelled()
+    );
     println!("\ndone.");
 }
