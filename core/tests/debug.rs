@@ -53,7 +53,10 @@ fn formatting_an_expired_context_runs_no_callback() {
         format!("{_cancel:?}"),
         "CancelHandle { armed: true, cancelled: true }"
     );
-    assert!(!ran.load(SeqCst), "Debug of the handle ran an on_cancel callback");
+    assert!(
+        !ran.load(SeqCst),
+        "Debug of the handle ran an on_cancel callback"
+    );
 
     // Observing it (not formatting it) is what cancels and runs the callback.
     assert!(ctx.is_cancelled());
