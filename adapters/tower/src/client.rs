@@ -14,11 +14,12 @@ use core::pin::Pin;
 use core::task::{self, Poll};
 use core::time::Duration;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 
 use http::{HeaderName, HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use kontext::rt::Timer;
-use kontext::{Context, Error as Reason};
+use kontext::{Context, Error as Reason, OnCancel};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -189,17 +190,22 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let timer = self.layer.timer.clone();
+        // Kept with the call and its body, stopped when both are done (or the call fails).
+        let binding = req
+            .extensions_mut()
+            .remove::<CancelBinding>()
+            .and_then(|b| b.take());
         let Some(ctx) = req.extensions().get::<Context>().cloned() else {
             if self.layer.require {
                 return PropagateFuture::failed(Failed::MissingContext, timer);
             }
-            return PropagateFuture::call(self.inner.call(req), None, timer);
+            return PropagateFuture::call(self.inner.call(req), None, timer, binding);
         };
         // Invariant 1: fail fast.
         if let Some(reason) = ctx.err() {
             return PropagateFuture::failed(Failed::Done(ContextDone::new(reason, ctx)), timer);
         }
-        if let Some(left) = crate::remaining(&ctx) {
+        if let Some(left) = ctx.remaining() {
             let budget = left.saturating_sub(self.layer.margin);
             if budget.is_zero() {
                 let done = ContextDone::new(Reason::DeadlineExceeded, ctx);
@@ -225,7 +231,38 @@ where
             }
         }
         let watch = Watch::new(ctx, timer.clone());
-        PropagateFuture::call(self.inner.call(req), Some(watch), timer)
+        PropagateFuture::call(self.inner.call(req), Some(watch), timer, binding)
+    }
+}
+
+/// An `on_cancel` registration tied to one call (made by
+/// `TonicRequestExt::with_context` to abort tonic's request stream). [`PropagateService`]
+/// takes it out of the request and keeps it until the call and its response body end,
+/// then stops it, so calls under a long-lived context leave nothing registered behind.
+/// Without the layer nobody takes it: the registration then stays until the context ends
+/// (dropping an `OnCancel` does not stop it), so the stream is still aborted on cancel.
+#[derive(Clone)]
+pub(crate) struct CancelBinding(Arc<Mutex<Option<OnCancel>>>);
+
+impl CancelBinding {
+    #[cfg_attr(not(feature = "tonic"), allow(dead_code))]
+    pub(crate) fn new(registration: OnCancel) -> Self {
+        CancelBinding(Arc::new(Mutex::new(Some(registration))))
+    }
+
+    /// The registration, to be stopped when the returned guard is dropped.
+    fn take(&self) -> Option<StopOnDrop> {
+        let registration = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        registration.map(StopOnDrop)
+    }
+}
+
+/// Stops its registration when dropped (dropping an `OnCancel` alone does not).
+struct StopOnDrop(OnCancel);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 
@@ -245,16 +282,18 @@ pin_project! {
         watch: Option<Watch<T>>,
         failed: Option<Failed>,
         timer: T,
+        binding: Option<StopOnDrop>,
     }
 }
 
 impl<F, T: Timer> PropagateFuture<F, T> {
-    fn call(inner: F, watch: Option<Watch<T>>, timer: T) -> Self {
+    fn call(inner: F, watch: Option<Watch<T>>, timer: T, binding: Option<StopOnDrop>) -> Self {
         PropagateFuture {
             inner: Some(inner),
             watch,
             failed: None,
             timer,
+            binding,
         }
     }
 
@@ -264,6 +303,7 @@ impl<F, T: Timer> PropagateFuture<F, T> {
             watch: None,
             failed: Some(failed),
             timer,
+            binding: None,
         }
     }
 }
@@ -318,10 +358,12 @@ where
                     .watch
                     .take()
                     .map(|w| Watch::new(w.context().clone(), timer));
+                let binding = this.binding.take();
                 Poll::Ready(Ok(res.map(|body| PropagateBody {
                     inner: body,
                     watch,
                     ended: false,
+                    _binding: binding,
                 })))
             }
         }
@@ -344,6 +386,7 @@ pin_project! {
         inner: B,
         watch: Option<Watch<T>>,
         ended: bool,
+        _binding: Option<StopOnDrop>,
     }
 }
 

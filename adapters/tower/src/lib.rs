@@ -58,10 +58,6 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-use std::time::Duration;
-
-use kontext::Ctx;
-
 mod body;
 mod cause;
 pub mod client;
@@ -106,22 +102,4 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// ```
 pub fn context<B>(req: &http::Request<B>) -> Option<&Context> {
     req.extensions().get::<Context>()
-}
-
-/// The time left until `ctx`'s deadline on its clock: `None` without a deadline, zero once
-/// it has passed.
-///
-/// ```
-/// use std::time::Duration;
-/// use kontext::Context;
-///
-/// let (ctx, _cancel) = Context::background().with_timeout(Duration::from_secs(60));
-/// let left = kontext_tower::remaining(&ctx).unwrap();
-/// assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
-/// assert_eq!(kontext_tower::remaining(&Context::background()), None);
-/// ```
-pub fn remaining(ctx: &Ctx) -> Option<Duration> {
-    let deadline = ctx.deadline()?;
-    let clock = ctx.clock()?;
-    Some(deadline.saturating_duration_since(clock.now()))
 }

@@ -96,7 +96,7 @@ impl ContextRequest {
         if let Some(reason) = ctx.err() {
             return Err(Error::Done(ContextDone::new(reason, ctx)));
         }
-        let left = crate::remaining(&ctx);
+        let left = ctx.remaining();
         let timeout = match (left, cap) {
             (Some(l), Some(c)) => Some(l.min(c)),
             (l, c) => l.or(c),

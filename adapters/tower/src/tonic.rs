@@ -5,7 +5,7 @@ use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use crate::cause::ServerShutdown;
-use crate::client::{self, ContextDone};
+use crate::client::{self, CancelBinding, ContextDone};
 use crate::grpc_timeout;
 
 /// The gRPC status for a done context (feature `tonic`): `DEADLINE_EXCEEDED` for a
@@ -72,6 +72,13 @@ pub trait TonicRequestExt: Sized {
     /// `grpc-timeout` (rounded up as grpc-go does; a shorter timeout already set is kept),
     /// so the deadline travels even through a channel without the layer.
     ///
+    /// It also binds tonic's `cancellation_handle()`: when `ctx` ends, a client or
+    /// bidirectional request stream is aborted with `RST_STREAM` (not ended as if it were
+    /// complete). With [`PropagateLayer`](crate::PropagateLayer) on the channel the
+    /// binding is released when the call and its response end, so calls under a
+    /// long-lived context leave nothing registered behind; without the layer it is released
+    /// when the transport drops the request's extensions.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use kontext::Context;
@@ -91,7 +98,7 @@ impl<T> TonicRequestExt for tonic::Request<T> {
     }
 
     fn with_context(mut self, ctx: &Context) -> Self {
-        if let Some(left) = crate::remaining(ctx) {
+        if let Some(left) = ctx.remaining() {
             let keep = self
                 .metadata()
                 .get("grpc-timeout")
@@ -104,6 +111,10 @@ impl<T> TonicRequestExt for tonic::Request<T> {
                 }
             }
         }
+        let handle = self.cancellation_handle();
+        let registration = ctx.on_cancel(move || handle.cancel());
+        self.extensions_mut()
+            .insert(CancelBinding::new(registration));
         self.extensions_mut().insert(ctx.clone());
         self
     }

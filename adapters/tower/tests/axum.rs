@@ -43,7 +43,7 @@ async fn the_extractor_gives_handlers_the_request_context() {
             "/",
             routing::get(move |RequestContext(ctx): RequestContext| async move {
                 tx.send(ctx.clone()).unwrap();
-                assert!(kontext_tower::remaining(&ctx).unwrap() <= Duration::from_secs(2));
+                assert!(ctx.remaining().unwrap() <= Duration::from_secs(2));
                 match ctx.sleep(Duration::from_millis(1)).await {
                     Ok(()) => "ok".to_string(),
                     Err(e) => e.to_string(),

@@ -63,7 +63,7 @@ fn grpc(timeout: HeaderValue) -> [(&'static str, HeaderValue); 2] {
 
 /// The time the handler's context has left, on the paused clock.
 fn left(ctx: &Context) -> Option<Duration> {
-    kontext_tower::remaining(ctx)
+    ctx.remaining()
 }
 
 #[tokio::test(start_paused = true)]
@@ -265,10 +265,7 @@ async fn a_nested_layer_derives_from_the_request_context_and_only_shrinks_it() {
         .service_fn(|req: Request<Full<Bytes>>| {
             let ctx = context(&req).unwrap().clone();
             async move {
-                assert_eq!(
-                    kontext_tower::remaining(&ctx),
-                    Some(Duration::from_millis(100))
-                );
+                assert_eq!(ctx.remaining(), Some(Duration::from_millis(100)));
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
             }
         });

@@ -53,7 +53,7 @@ async fn the_handler_sees_the_clients_set_timeout_deadline_and_its_cause() {
     req.set_timeout(Duration::from_millis(300));
     let call = tokio::spawn(call(channel, req));
     let ctx = bounded("the handler", rx.recv()).await.unwrap();
-    let left = kontext_tower::remaining(&ctx).unwrap();
+    let left = ctx.remaining().unwrap();
     assert!(
         left <= Duration::from_millis(300) && !left.is_zero(),
         "{left:?}"
@@ -186,4 +186,56 @@ fn status_maps_deadlines_to_deadline_exceeded_not_cancelled() {
     let status = kontext_tower::status(&ctx).unwrap();
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(status.message(), "context cancelled: server shutting down");
+}
+
+/// A client stream that sends one message, then waits: the caller's context ending must
+/// abort it (`RST_STREAM`), which the server sees as its client going away. (hyper hands a
+/// server handler a `CANCEL` reset as the end of the request stream, so the handler's
+/// context, not the stream, is what tells an aborted stream from a completed one.)
+async fn stream_cancelled_by_context(layered: bool) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let svc = echo(|_req| async { Ok(tonic::Response::new(Msg::default())) }).collect(move |req| {
+        let ctx = req.context().unwrap().clone();
+        tx.send(ctx.clone()).unwrap();
+        async move {
+            let mut stream = req.into_inner();
+            let first = stream.message().await;
+            assert!(matches!(first, Ok(Some(_))), "{first:?}");
+            ctx.done().await; // only the end of the request ends this handler
+            Ok(tonic::Response::new(Msg::default()))
+        }
+    });
+    let addr = serve_grpc(layer(), svc).await;
+    let (ctx, cancel) = kontext_tokio::background().child();
+    let (msgs, msgs_rx) = mpsc::channel::<Msg>(1);
+    msgs.send(Msg { text: "one".into() }).await.unwrap();
+    let req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(msgs_rx))
+        .with_context(&ctx);
+    let channel = channel(addr).await;
+    let call = if layered {
+        let svc = tower::ServiceBuilder::new()
+            .layer(kontext_tower::PropagateLayer::new(TokioTimer))
+            .service(channel);
+        tokio::spawn(async move { collect(svc, req).await.map(|_| ()) })
+    } else {
+        tokio::spawn(async move { collect(channel, req).await.map(|_| ()) })
+    };
+    let server_ctx = bounded("the server handler", rx.recv()).await.unwrap();
+    cancel.cancel();
+    let res = bounded("the call", call).await.unwrap();
+    assert!(res.is_err(), "{res:?}");
+    bounded("the server's context to end", server_ctx.done()).await;
+    assert_eq!(
+        request_end(&server_ctx),
+        Some(kontext_tower::RequestEnd::ClientGone)
+    );
+    drop(msgs); // the request stream was never ended by the client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_context_aborts_a_client_stream_when_the_context_ends() {
+    // Through a plain channel: tonic's cancellation handle, bound by with_context, aborts it.
+    stream_cancelled_by_context(false).await;
+    // Through PropagateLayer: the call is dropped, and the binding released.
+    stream_cancelled_by_context(true).await;
 }

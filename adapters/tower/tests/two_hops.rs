@@ -62,7 +62,7 @@ async fn service_a(b: SocketAddr, seen: mpsc::UnboundedSender<Seen>) -> SocketAd
             let to_b = to_b.clone();
             let seen = seen.clone();
             async move {
-                let left = kontext_tower::remaining(&ctx).unwrap();
+                let left = ctx.remaining().unwrap();
                 seen.send((text.clone(), ctx.clone(), left)).unwrap();
                 call(to_b, msg(&text).with_context(&ctx)).await
             }

@@ -30,9 +30,16 @@ type Handler = Arc<
     dyn Fn(tonic::Request<Msg>) -> BoxFuture<Result<tonic::Response<Msg>, Status>> + Send + Sync,
 >;
 
-/// The service: calls its handler for `/test.Echo/Call`.
+type CollectHandler = Arc<
+    dyn Fn(tonic::Request<tonic::Streaming<Msg>>) -> BoxFuture<Result<tonic::Response<Msg>, Status>>
+        + Send
+        + Sync,
+>;
+
+/// The service: calls its handler for `/test.Echo/Call` (unary) and its collector for
+/// `/test.Echo/Collect` (client streaming).
 #[derive(Clone)]
-pub struct Echo(Handler);
+pub struct Echo(Handler, Option<CollectHandler>);
 
 /// A service whose `Call` method runs `f`.
 pub fn echo<F, Fut>(f: F) -> Echo
@@ -40,7 +47,19 @@ where
     F: Fn(tonic::Request<Msg>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<tonic::Response<Msg>, Status>> + Send + 'static,
 {
-    Echo(Arc::new(move |req| Box::pin(f(req))))
+    Echo(Arc::new(move |req| Box::pin(f(req))), None)
+}
+
+impl Echo {
+    /// Adds a `Collect` method (client streaming) that runs `f`.
+    pub fn collect<F, Fut>(mut self, f: F) -> Echo
+    where
+        F: Fn(tonic::Request<tonic::Streaming<Msg>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<tonic::Response<Msg>, Status>> + Send + 'static,
+    {
+        self.1 = Some(Arc::new(move |req| Box::pin(f(req))));
+        self
+    }
 }
 
 impl NamedService for Echo {
@@ -58,14 +77,21 @@ impl tower::Service<http::Request<Body>> for Echo {
 
     fn call(&mut self, req: http::Request<Body>) -> Self::Future {
         let handler = self.0.clone();
+        let collect = self.1.clone();
         Box::pin(async move {
-            if req.uri().path() != "/test.Echo/Call" {
-                return Ok(Status::unimplemented(req.uri().path().to_owned()).into_http());
-            }
             let codec = tonic_prost::ProstCodec::<Msg, Msg>::default();
             let mut grpc = tonic::server::Grpc::new(codec);
-            let svc = tower::service_fn(move |r| handler(r));
-            Ok(grpc.unary(svc, req).await)
+            match (req.uri().path(), collect) {
+                ("/test.Echo/Call", _) => {
+                    let svc = tower::service_fn(move |r| handler(r));
+                    Ok(grpc.unary(svc, req).await)
+                }
+                ("/test.Echo/Collect", Some(collect)) => {
+                    let svc = tower::service_fn(move |r| collect(r));
+                    Ok(grpc.client_streaming(svc, req).await)
+                }
+                (path, _) => Ok(Status::unimplemented(path.to_owned()).into_http()),
+            }
         })
     }
 }
@@ -107,6 +133,24 @@ where
         .map_err(|e| Status::unavailable(e.into().to_string()))?;
     let codec = tonic_prost::ProstCodec::<Msg, Msg>::default();
     grpc.unary(req, PathAndQuery::from_static("/test.Echo/Call"), codec)
+        .await
+}
+
+/// Calls `/test.Echo/Collect` (client streaming) through `svc`.
+pub async fn collect<T, S>(svc: T, req: tonic::Request<S>) -> Result<tonic::Response<Msg>, Status>
+where
+    T: tonic::client::GrpcService<Body>,
+    T::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    T::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as http_body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: tokio_stream::Stream<Item = Msg> + Send + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(svc);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.into().to_string()))?;
+    let codec = tonic_prost::ProstCodec::<Msg, Msg>::default();
+    grpc.client_streaming(req, PathAndQuery::from_static("/test.Echo/Collect"), codec)
         .await
 }
 
