@@ -8,10 +8,11 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use kontext::rt::Timer;
-use kontext::{CancelHandle, Error};
+use kontext::Error;
 use pin_project_lite::pin_project;
 
 use crate::cause::RequestEnd;
+use crate::end::RequestHandle;
 use crate::respond::{grpc_status, Answer};
 use crate::watch::Watch;
 use crate::BoxError;
@@ -29,7 +30,7 @@ pin_project! {
         #[pin]
         inner: Option<B>,
         watch: Option<Watch<T>>,
-        handle: Option<CancelHandle>,
+        handle: Option<RequestHandle>,
         grpc: bool,
         ended: bool,
     }
@@ -45,7 +46,7 @@ pin_project! {
                 } else {
                     RequestEnd::ClientGone
                 };
-                handle.cancel_with_cause(how);
+                handle.end(how);
             }
         }
     }
@@ -68,7 +69,7 @@ impl<B: Body, T: Timer> ContextBody<B, T> {
     /// Owns `handle` until the end of `inner` (`None`: an empty body).
     pub(crate) fn new(
         inner: Option<B>,
-        handle: CancelHandle,
+        handle: RequestHandle,
         watch: Option<Watch<T>>,
         grpc: bool,
     ) -> Self {
@@ -103,7 +104,7 @@ impl<B: Body, T: Timer> ContextBody<B, T> {
         let this = self.project();
         *this.ended = true;
         if let Some(handle) = this.handle.take() {
-            handle.cancel_with_cause(how);
+            handle.end(how);
         }
     }
 }
@@ -181,7 +182,7 @@ impl<B: fmt::Debug, T: Timer> fmt::Debug for ContextBody<B, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ContextBody")
             .field("inner", &self.inner)
-            .field("context", &self.handle.as_ref().map(|h| h.context()))
+            .field("context", &self.handle.as_ref().map(RequestHandle::context))
             .field("enforced", &self.watch.is_some())
             .field("ended", &self.ended)
             .finish()

@@ -53,7 +53,9 @@
 //!   `TonicRequestExt` (a context on a `tonic::Request`).
 //! - `reqwest`: `RequestBuilderExt`: a reqwest call bounded by a context, with one
 //!   source of truth for its deadline.
-//! - `tracing`: debug events (target `kontext_tower`) for ignored malformed headers.
+//! - `tracing`: the span current when a request arrives (tower-http's `TraceLayer` span)
+//!   becomes a value of its context, and one debug event (target `kontext_tower`, fields
+//!   `outcome` and `cause`) in that span says how the request's context ended.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -61,6 +63,7 @@
 mod body;
 mod cause;
 pub mod client;
+mod end;
 pub mod grpc_timeout;
 mod respond;
 mod server;

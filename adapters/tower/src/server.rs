@@ -30,6 +30,7 @@ use tower_service::Service;
 
 use crate::body::ContextBody;
 use crate::cause::{DeadlineSource, RequestDeadline, RequestEnd};
+use crate::end::RequestHandle;
 use crate::grpc_timeout::{self, GRPC_TIMEOUT};
 use crate::respond::{is_grpc, Answer};
 use crate::watch::Watch;
@@ -392,6 +393,7 @@ where
         let watch = config
             .enforce
             .then(|| Watch::new(ctx.clone(), config.timer.clone()));
+        let handle = RequestHandle::new(handle);
         let state = State {
             handle,
             ctx: ctx.clone(),
@@ -408,6 +410,12 @@ where
             };
         }
         let mut req = req;
+        // The request's span (tower-http's TraceLayer, outside), for handlers and their tasks.
+        #[cfg(feature = "tracing")]
+        let ctx = match state.handle.span() {
+            span if span.is_disabled() => ctx,
+            span => ctx.with_value(span.clone()),
+        };
         let handler_ctx = match &config.enrich {
             None => ctx,
             Some(f) => {
@@ -429,7 +437,7 @@ where
 
 /// What the response future hands to the body.
 struct State<T> {
-    handle: CancelHandle,
+    handle: RequestHandle,
     ctx: Context,
     timer: T,
     enforce: bool,
@@ -438,7 +446,7 @@ struct State<T> {
 
 impl<T: Timer> State<T> {
     fn end(self, how: RequestEnd) {
-        self.handle.cancel_with_cause(how);
+        self.handle.end(how);
     }
 
     fn into_body<B: http_body::Body>(self, body: Option<B>) -> ContextBody<B, T> {
@@ -522,7 +530,7 @@ where
                 if res.status() == http::StatusCode::SWITCHING_PROTOCOLS {
                     // The upgraded connection keeps the context (until the base or its
                     // deadline ends it), not the empty body of the 101.
-                    let _ = state.handle.disarm();
+                    state.handle.hand_over();
                     return Poll::Ready(Ok(res.map(|b| ContextBody::detached(b))));
                 }
                 Poll::Ready(Ok(res.map(|b| state.into_body(Some(b)))))

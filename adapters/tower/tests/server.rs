@@ -285,3 +285,66 @@ async fn shutdown_reaches_every_request_context() {
         "the handler was called after shutdown"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_upgrade_hands_the_context_to_the_upgraded_connection() {
+    use tokio::io::AsyncReadExt;
+    let (base, shutdown) = kontext_tokio::background().child();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let svc = ServiceBuilder::new()
+        .layer(ContextLayer::new(base, TokioTimer))
+        .service_fn(move |mut req: Request<Incoming>| {
+            let ctx = context(&req).unwrap().clone();
+            let upgrade = hyper::upgrade::on(&mut req);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let upgraded = upgrade.await.unwrap();
+                // The upgraded connection's task owns the request's context now.
+                tx.send(ctx.clone()).unwrap();
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buf = [0u8; 16];
+                let _ = ctx.run(io.read(&mut buf)).await;
+            });
+            async {
+                let res = Response::builder()
+                    .status(StatusCode::SWITCHING_PROTOCOLS)
+                    .header("connection", "upgrade")
+                    .header("upgrade", "echo")
+                    .body(Empty::<Bytes>::new())
+                    .unwrap();
+                Ok::<_, Infallible>(res)
+            }
+        });
+    let addr = serve(svc).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        bounded("the 101", stream.read_exact(&mut byte))
+            .await
+            .unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    let ctx = bounded("the upgraded connection", rx.recv()).await.unwrap();
+    // The 101's empty body has ended; the context lives on with the connection.
+    let ended = tokio::time::timeout(Duration::from_millis(200), ctx.done()).await;
+    assert!(
+        ended.is_err(),
+        "the context ended with the 101 response: {:?}",
+        ctx.cause()
+    );
+    shutdown.cancel_with_cause(kontext_tower::ServerShutdown);
+    bounded("the context to end at shutdown", ctx.done()).await;
+    assert!(ctx.cause().unwrap().is::<kontext_tower::ServerShutdown>());
+}
