@@ -57,6 +57,7 @@ pub use kontext::{
     CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel, SharedCause,
 };
 
+mod alarms;
 #[cfg(feature = "signal")]
 pub mod shutdown;
 
@@ -142,6 +143,13 @@ impl TokioClock {
 impl Clock for TokioClock {
     fn now(&self) -> Instant {
         TokioClock::instant(tokio::time::Instant::now())
+    }
+
+    /// Deadlines on this clock fire on time, on the runtime where a task waits on them (or
+    /// registers an `on_cancel` callback), following its paused or advanced time; outside
+    /// any runtime, on a thread in real time.
+    fn alarms(&self) -> Option<&kontext::Alarms> {
+        alarms::alarms()
     }
 }
 
