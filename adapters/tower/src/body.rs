@@ -26,6 +26,31 @@ pin_project! {
     /// With [enforcement](crate::ContextLayer::enforce), a context that ends during the
     /// body ends the body too: with an error for HTTP (hyper then resets the stream or
     /// closes the connection), with trailers carrying the gRPC status for gRPC.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use http_body_util::{BodyExt, Full};
+    /// use kontext_tokio::TokioTimer;
+    /// use kontext_tower::{context, ContextLayer, RequestEnd};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(ContextLayer::new(kontext_tokio::background(), TokioTimer))
+    ///     .service_fn(move |req: Request<()>| {
+    ///         tx.send(context(&req).unwrap().clone()).unwrap();
+    ///         async { Ok::<_, Infallible>(Response::new(Full::new(&b"hello"[..]))) }
+    ///     });
+    /// let res = svc.oneshot(Request::new(())).await.unwrap();
+    /// let ctx = rx.recv().unwrap();
+    /// assert!(!ctx.is_cancelled()); // the handler returned; the body is not sent yet
+    /// res.into_body().collect().await.unwrap();
+    /// assert_eq!(ctx.cause().unwrap().downcast_ref(), Some(&RequestEnd::Complete));
+    /// # }
+    /// ```
     pub struct ContextBody<B, T: Timer> {
         #[pin]
         inner: Option<B>,

@@ -491,6 +491,29 @@ impl<E: std::error::Error + 'static> std::error::Error for Error<E> {
 /// Its `source()` is, with feature `tonic`, the matching `tonic::Status`
 /// (`DEADLINE_EXCEEDED`, `CANCELLED`, `UNAVAILABLE`), so tonic clients report the
 /// context's reason; otherwise the context's cause.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use std::time::Duration;
+/// use http::{Request, Response};
+/// use kontext_tokio::TokioTimer;
+/// use kontext_tower::{client::Error, PropagateLayer, ServerShutdown};
+/// use tower::{ServiceBuilder, ServiceExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (ctx, cancel) = kontext_tokio::background().child();
+/// cancel.cancel_with_cause(ServerShutdown);
+/// let mut req = Request::new(());
+/// req.extensions_mut().insert(ctx);
+/// let svc = ServiceBuilder::new()
+///     .layer(PropagateLayer::new(TokioTimer))
+///     .service_fn(|_: Request<()>| async { Ok::<_, Infallible>(Response::new(())) });
+/// let Err(Error::Done(done)) = svc.oneshot(req).await else { unreachable!() };
+/// assert_eq!(done.reason(), kontext::Error::Cancelled);
+/// assert_eq!(done.to_string(), "context cancelled: server shutting down");
+/// # }
+/// ```
 pub struct ContextDone {
     reason: Reason,
     context: Context,

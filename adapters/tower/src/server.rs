@@ -143,6 +143,30 @@ impl<T: Timer> ContextLayer<T> {
 
     /// The server's cap: no request gets more than `max`, whatever the client asked for
     /// (cause [`DeadlineSource::ServerMax`] when it is the shorter).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    /// use http::{Request, Response};
+    /// use kontext_tokio::TokioTimer;
+    /// use kontext_tower::{context, ContextLayer, DeadlineSource, RequestDeadline};
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let layer = ContextLayer::new(kontext_tokio::background(), TokioTimer)
+    ///     .max_timeout(Duration::from_millis(100));
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(|req: Request<String>| async move {
+    ///     let ctx = context(&req).unwrap().clone();
+    ///     tokio::time::sleep(Duration::from_millis(100)).await; // paused clock: exact
+    ///     let cause = ctx.cause().unwrap().downcast_ref::<RequestDeadline>().unwrap();
+    ///     assert_eq!(cause.source(), &DeadlineSource::ServerMax); // not the client's 5 s
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    /// let req = Request::builder().header("grpc-timeout", "5S").body(String::new()).unwrap();
+    /// svc.oneshot(req).await.unwrap();
+    /// # }
+    /// ```
     pub fn max_timeout(self, max: Duration) -> Self {
         self.edit(|c| c.max = Some(max))
     }
@@ -180,6 +204,24 @@ impl<T: Timer> ContextLayer<T> {
     /// Strict mode: a malformed timeout header is answered with `400 Bad Request` (gRPC:
     /// `INTERNAL` "malformed grpc-timeout", as grpc-go) instead of being ignored (the
     /// default, as tonic).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use http::{Request, Response};
+    /// use kontext_tokio::TokioTimer;
+    /// use kontext_tower::ContextLayer;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = ContextLayer::new(kontext_tokio::background(), TokioTimer).strict(true);
+    /// let svc = ServiceBuilder::new()
+    ///     .layer(layer)
+    ///     .service_fn(|_: Request<String>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+    /// let req = Request::builder().header("grpc-timeout", "123456789m").body(String::new()).unwrap();
+    /// assert_eq!(svc.oneshot(req).await.unwrap().status(), 400); // 9 digits: malformed
+    /// # }
+    /// ```
     pub fn strict(self, strict: bool) -> Self {
         self.edit(|c| c.strict = strict)
     }
@@ -191,6 +233,28 @@ impl<T: Timer> ContextLayer<T> {
     /// (HTTP: the stream is reset or the connection closed) or, for gRPC, with trailers
     /// carrying that status. Costs one timer per request that has a deadline. Off by
     /// default: the handler decides what to do with its context.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    /// use http::{Request, Response};
+    /// use kontext_tokio::TokioTimer;
+    /// use kontext_tower::ContextLayer;
+    /// use tower::{ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+    /// # async fn main() {
+    /// let layer = ContextLayer::new(kontext_tokio::background(), TokioTimer)
+    ///     .default_timeout(Duration::from_millis(50))
+    ///     .enforce(true);
+    /// let svc = ServiceBuilder::new().layer(layer).service_fn(|_: Request<String>| async {
+    ///     std::future::pending::<()>().await; // a handler that ignores its context
+    ///     Ok::<_, Infallible>(Response::new(String::new()))
+    /// });
+    /// let res = svc.oneshot(Request::new(String::new())).await.unwrap();
+    /// assert_eq!(res.status(), 504);
+    /// # }
+    /// ```
     pub fn enforce(self, enforce: bool) -> Self {
         self.edit(|c| c.enforce = enforce)
     }
@@ -459,6 +523,30 @@ pin_project! {
     /// The response future of [`ContextService`]. Dropping it before it completes ends the
     /// request's context with [`RequestEnd::ClientGone`] (hyper drops it when the client
     /// resets the stream or closes the connection).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::sync::{Arc, Mutex};
+    /// use futures_util::FutureExt;
+    /// use http::{Request, Response};
+    /// use kontext_tokio::TokioTimer;
+    /// use kontext_tower::{context, ContextLayer, RequestEnd};
+    /// use tower::{Service, ServiceBuilder};
+    ///
+    /// let seen = Arc::new(Mutex::new(None));
+    /// let s = seen.clone();
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(ContextLayer::new(kontext_tokio::background(), TokioTimer))
+    ///     .service_fn(move |req: Request<String>| {
+    ///         *s.lock().unwrap() = context(&req).cloned();
+    ///         std::future::pending::<Result<Response<String>, Infallible>>()
+    ///     });
+    /// let mut call = svc.call(Request::new(String::new()));
+    /// assert!((&mut call).now_or_never().is_none()); // the handler is working
+    /// drop(call); // the client went away
+    /// let ctx = seen.lock().unwrap().take().unwrap();
+    /// assert_eq!(ctx.cause().unwrap().downcast_ref(), Some(&RequestEnd::ClientGone));
+    /// ```
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F, T: Timer> {
         #[pin]
