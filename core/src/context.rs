@@ -247,6 +247,12 @@ impl Ctx {
     /// If the tree has none (without `std`, a root not made by `Context::with_clock` or a
     /// `node::ClockRoot`).
     #[track_caller]
+    /// Whether the deadline is armed in its clock's alarm queue, so it fires on its own.
+    #[cfg(feature = "timer")]
+    pub(crate) fn deadline_armed(&self) -> bool {
+        self.header().is_some_and(|h| h.deadline_armed())
+    }
+
     pub(crate) fn tree_clock(&self) -> &'static dyn Clock {
         self.clock().expect(
             "kontext: this context tree has no clock (root it with Context::with_clock or a node::ClockRoot)",

@@ -2277,6 +2277,22 @@ impl Header {
     }
 }
 
+impl Header {
+    /// Whether this context's deadline is armed in its clock's alarm queue (or has fired
+    /// or been disarmed since): it needs no timer of a waiter's own.
+    pub(crate) fn deadline_armed(&self) -> bool {
+        let Some(t) = self.time_src else {
+            return false;
+        };
+        // SAFETY: invariant 2 keeps the time source alive.
+        if unsafe { t.as_ref() }.link.kind != Kind::Deadline {
+            return false;
+        }
+        // SAFETY: a deadline node, alive (invariant 2).
+        !unsafe { alarm_entry(t.cast::<DeadlineNode>().as_ptr()) }.is_idle()
+    }
+}
+
 #[cold]
 fn arm_cold(n: NonNull<DeadlineNode>) {
     // SAFETY: the caller's context keeps `n` alive (invariant 2).

@@ -75,7 +75,10 @@ async fn no_timer_is_armed_without_a_deadline() {
     let (timed, _h) = root.with_timeout(Duration::from_secs(1));
     let mut timed_done = pin!(timed.done());
     assert!(poll_once(timed_done.as_mut()).await.is_pending());
-    assert!(timed_done.timer_armed(), "a deadline: one timer");
+    assert!(
+        !timed_done.timer_armed(),
+        "a deadline fires from its clock's alarm queue: no timer per waiter"
+    );
 
     // A `Duration::MAX` timeout can never be reached: no timer either.
     let (never, _h) = root.with_timeout(Duration::MAX);

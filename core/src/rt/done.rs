@@ -1,9 +1,11 @@
 //! Waiting that wakes at a deadline: [`Done`], [`DoneOwned`] and [`Run`].
 //!
 //! Invariant: a timer is armed only while the context has a deadline its clock has not
-//! reached, one per future, for the time left on the context's own clock. A fired timer
-//! is never trusted on its own: the context is checked again, and the timer re-armed for
-//! whatever its clock says is left.
+//! reached and that its clock's alarm queue does not fire on its own (a clock without
+//! one: `Clock::alarms` is `None`, or embassy's before its driver runs), one per future,
+//! for the time left on the context's own clock. A fired timer is never trusted on its
+//! own: the context is checked again, and the timer re-armed for whatever its clock says
+//! is left.
 
 use core::fmt;
 use core::future::Future;
@@ -47,6 +49,11 @@ fn poll_deadline<T: Timer>(
 ) -> Poll<()> {
     loop {
         if sleep.is_none() {
+            if ctx.deadline_armed() {
+                // The deadline fires on its own (its clock's alarm queue wakes the wait
+                // above): no timer of ours, whatever clock the timer follows.
+                return Poll::Pending;
+            }
             let (Some(deadline), Some(clock)) = (ctx.deadline(), ctx.clock()) else {
                 return Poll::Pending; // no deadline: no timer
             };
