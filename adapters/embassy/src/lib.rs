@@ -77,6 +77,9 @@ use core::future::Future;
 use core::pin::Pin;
 use core::time::Duration;
 
+// Load and store only (no compare-and-swap): available on thumbv6m too.
+use core::sync::atomic::{AtomicBool, Ordering};
+
 pub use kontext::*;
 
 /// [`kontext::rt::Done`] with embassy's timer.
@@ -179,6 +182,59 @@ impl Clock for EmbassyClock {
     fn now(&self) -> Instant {
         EmbassyClock::instant(embassy_time::Instant::now())
     }
+
+    /// Once [`run_deadlines`] runs, deadlines on this clock fire on time from its task.
+    fn alarms(&self) -> Option<&Alarms> {
+        // Acquire: pairs with the Release store in `run_deadlines`.
+        DRIVEN.load(Ordering::Acquire).then_some(&ALARMS)
+    }
+}
+
+/// Armed deadlines of trees on [`EmbassyClock`]: entries inside the deadline nodes
+/// themselves (static, pinned or heap), so arming allocates nothing.
+static ALARMS: Alarms = Alarms::new();
+/// Whether [`run_deadlines`] has started.
+static DRIVEN: AtomicBool = AtomicBool::new(false);
+
+/// Fires the deadlines of trees on embassy's clock on time, with nobody looking: a context
+/// a task waits on (`cancelled()`, [`done`](ContextExt::done), [`run`](ContextExt::run)) or
+/// with an `on_cancel` callback is cancelled at its deadline by this future, which wakes
+/// its waiters and runs its callbacks. Never completes: run it in a task of its own, once.
+///
+/// ```ignore
+/// #[embassy_executor::task]
+/// async fn deadlines() {
+///     kontext_embassy::run_deadlines().await
+/// }
+/// // in main: spawner.spawn(deadlines()).unwrap();
+/// ```
+///
+/// One `embassy_time::Timer` for all deadlines (the earliest), no allocation: each
+/// deadline node carries its place in the queue. Without it, deadlines are noticed when
+/// somebody looks: [`ContextExt::done`] and [`run`](ContextExt::run) then arm an
+/// `embassy_time` timer of their own, so waiting still ends at the deadline, but an
+/// `on_cancel` callback waits for someone to look.
+pub async fn run_deadlines() {
+    // Release: a clock that reads it set returns the queue, which this future drives.
+    DRIVEN.store(true, Ordering::Release);
+    let mut timer: Option<embassy_time::Timer> = None;
+    core::future::poll_fn(|cx| loop {
+        let now = EmbassyClock.now();
+        match ALARMS.fire_due(now, Some(cx.waker())) {
+            None => {
+                timer = None;
+                return core::task::Poll::<()>::Pending;
+            }
+            Some(at) => {
+                let t = timer.insert(embassy_time::Timer::at(EmbassyClock::to_embassy(at)));
+                if Pin::new(t).poll(cx).is_pending() {
+                    return core::task::Poll::Pending;
+                }
+                timer = None;
+            }
+        }
+    })
+    .await;
 }
 
 /// embassy's timer (`embassy_time::Timer`) for [`kontext::rt`]. Durations round up to
