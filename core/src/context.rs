@@ -262,14 +262,18 @@ impl Ctx {
     /// What a child with its own `deadline` is built with, for heap and user nodes alike:
     /// `None` when this context's deadline is as soon or sooner (the child is then just
     /// cancellable, as in Go), else the deadline on the tree's clock.
+    ///
+    /// `passed`: whether the deadline has passed already, if the caller knows (a zero
+    /// timeout), so the tree need not read the clock to find out.
     pub(crate) fn deadline_spec(
         &self,
         deadline: Instant,
         cause: Option<tree::OwnedCause>,
+        passed: Option<bool>,
     ) -> Option<tree::DeadlineSpec> {
         let own = deadline.as_nanos();
         let inherited = self.deadline().map_or(u64::MAX, Instant::as_nanos);
-        (own < inherited).then(|| (own, self.tree_clock(), cause))
+        (own < inherited).then(|| (own, self.tree_clock(), cause, passed))
     }
 
     /// A `Context` on this node with a handle of its own (a no-op on a user node).
@@ -410,7 +414,7 @@ impl Context {
     #[doc(alias = "WithDeadline")]
     #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
-        self.deadline_child(deadline, None)
+        self.deadline_child(deadline, None, None)
     }
 
     /// [`with_deadline`](Context::with_deadline) with a cause reported by
@@ -421,7 +425,7 @@ impl Context {
     where
         E: core::error::Error + Send + Sync + 'static,
     {
-        self.deadline_child(deadline, Some(Box::new(cause)))
+        self.deadline_child(deadline, Some(Box::new(cause)), None)
     }
 
     /// A child that is done `timeout` from now on the tree's clock (Go's
@@ -434,7 +438,7 @@ impl Context {
     #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
         let deadline = self.now() + timeout;
-        self.deadline_child(deadline, None)
+        self.deadline_child(deadline, None, Some(timeout.is_zero()))
     }
 
     /// [`with_timeout`](Context::with_timeout) with a cause (Go's `WithTimeoutCause`).
@@ -445,7 +449,7 @@ impl Context {
         E: core::error::Error + Send + Sync + 'static,
     {
         let deadline = self.now() + timeout;
-        self.deadline_child(deadline, Some(Box::new(cause)))
+        self.deadline_child(deadline, Some(Box::new(cause)), Some(timeout.is_zero()))
     }
 
     fn now(&self) -> Instant {
@@ -456,8 +460,9 @@ impl Context {
         &self,
         deadline: Instant,
         cause: Option<Box<Cause>>,
+        passed: Option<bool>,
     ) -> (Context, CancelHandle) {
-        let d = self.deadline_spec(deadline, cause);
+        let d = self.deadline_spec(deadline, cause, passed);
         CancelHandle::new(tree::new_cancel(self.node, d))
     }
 

@@ -349,17 +349,26 @@ impl<'p, const N: usize> DeadlineNode<'p, N> {
     /// # Panics
     /// As [`CancelNode::attach`]; also if the tree has no clock.
     pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx, deadline: Instant) -> &'s Ctx {
-        let spec = parent.deadline_spec(deadline, None);
-        // SAFETY: as in `CancelNode::attach`. Without its own deadline the node is a plain
-        // cancel node, which fits in a deadline node's memory.
-        unsafe { self.get_ref().core.attach(parent, spec) }
+        self.attach_spec(parent, deadline, None)
     }
 
     /// [`attach`](DeadlineNode::attach) with a deadline `timeout` from now on the tree's
     /// clock (`Duration::MAX` saturates to a deadline never reached).
     pub fn attach_timeout<'s>(self: Pin<&'s Self>, parent: &'p Ctx, timeout: Duration) -> &'s Ctx {
         let deadline = parent.tree_clock().now() + timeout;
-        self.attach(parent, deadline)
+        self.attach_spec(parent, deadline, Some(timeout.is_zero()))
+    }
+
+    fn attach_spec<'s>(
+        self: Pin<&'s Self>,
+        parent: &'p Ctx,
+        deadline: Instant,
+        passed: Option<bool>,
+    ) -> &'s Ctx {
+        let spec = parent.deadline_spec(deadline, None, passed);
+        // SAFETY: as in `CancelNode::attach`. Without its own deadline the node is a plain
+        // cancel node, which fits in a deadline node's memory.
+        unsafe { self.get_ref().core.attach(parent, spec) }
     }
 
     /// The context, once attached.

@@ -1438,8 +1438,9 @@ pub(crate) enum Place {
     },
 }
 
-/// A deadline for a new cancel node: nanoseconds on `clock`, and the cause it reports.
-pub(crate) type DeadlineSpec = (u64, &'static dyn Clock, Option<OwnedCause>);
+/// A deadline for a new cancel node: nanoseconds on `clock`, the cause it reports, and
+/// whether it has passed already, if the caller knows (else the clock is read).
+pub(crate) type DeadlineSpec = (u64, &'static dyn Clock, Option<OwnedCause>, Option<bool>);
 
 /// Writes a node to its place.
 ///
@@ -1487,6 +1488,19 @@ pub(crate) unsafe fn new_cancel_in(
         Place::Heap => (Storage::Heap, ptr::null_mut()),
         Place::User { side, .. } => (Storage::User, side.as_ptr()),
     };
+    // A deadline already past: the node is done at birth (tree invariant 10's "as if
+    // someone had looked"). The parent comes first, as Go's `propagateCancel` does before
+    // the own deadline: an expired parent that nobody has looked at is settled now, so the
+    // child is born with the parent's error and cause.
+    let passed = deadline.as_ref().is_some_and(|(at, clock, _, known)| {
+        known.unwrap_or_else(|| clock.now().as_nanos() >= *at)
+    });
+    if passed {
+        if let Some(p) = parent {
+            // SAFETY: the caller keeps the parent alive.
+            let _ = unsafe { p.as_ref() }.is_done();
+        }
+    }
     let d = derive_from(parent);
     // SAFETY: invariant 2 (the parent handle we just took keeps the owner alive).
     let owner = d.state_src.map(|o| unsafe { &*o.as_ptr() });
@@ -1516,7 +1530,7 @@ pub(crate) unsafe fn new_cancel_in(
     let p: NonNull<CancelNode> = match deadline {
         // SAFETY: the caller guarantees a user place fits the node.
         None => unsafe { place_node(place, node(Kind::Cancel)) },
-        Some((deadline, clock, cause)) => {
+        Some((deadline, clock, cause, _)) => {
             let time = TimeExt {
                 deadline,
                 clock,
@@ -1545,6 +1559,12 @@ pub(crate) unsafe fn new_cancel_in(
             let inh = o.inherited_state();
             cancel(p, inh);
         }
+    }
+    if passed {
+        // Its own deadline, unless the parent was done first (then this loses).
+        // SAFETY: a deadline node (only a spec gives `passed`), fresh: nothing below it.
+        let te = unsafe { &(*p.cast::<DeadlineNode>().as_ptr()).time };
+        cancel(p, deadline_state(te));
     }
     p
 }
@@ -2280,6 +2300,7 @@ impl Header {
 impl Header {
     /// Whether this context's deadline is armed in its clock's alarm queue (or has fired
     /// or been disarmed since): it needs no timer of a waiter's own.
+    #[cfg(feature = "timer")]
     pub(crate) fn deadline_armed(&self) -> bool {
         let Some(t) = self.time_src else {
             return false;

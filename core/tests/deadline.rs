@@ -343,3 +343,41 @@ fn a_max_timeout_is_never_reached_even_by_a_saturated_clock() {
         "Instant::FAR_FUTURE deadlines are documented as never reached"
     );
 }
+
+/// Results are the same whenever someone looks: a child derived from a parent whose
+/// deadline has passed, unobserved, is born done with the parent's error and cause (Go's
+/// `propagateCancel`), even when the child's own deadline has passed too.
+#[test]
+fn a_child_of_an_unobserved_expired_parent_is_born_with_the_parents_cause() {
+    let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+    let root = Context::with_clock(clock);
+    let (parent, _p) = root.with_timeout_cause(Duration::from_secs(1), Slow("parent"));
+    let (through, _t) = parent.child(); // a plain child in between
+    clock.advance(Duration::from_secs(2)); // nobody looks
+    let past = Instant::ZERO + Duration::from_millis(500);
+
+    let (plain, _a) = parent.child();
+    let (nested, _b) = parent.with_deadline_cause(past, Slow("own"));
+    let (deep, _c) = through.with_deadline_cause(past, Slow("own"));
+    for ctx in [&plain, &nested, &deep] {
+        assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+        assert_eq!(ctx.cause().unwrap().to_string(), "too slow: parent");
+    }
+    assert_eq!(parent.cause().unwrap().to_string(), "too slow: parent");
+}
+
+#[test]
+fn a_deadline_already_past_is_done_at_creation_with_its_cause() {
+    let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+    let root = Context::with_clock(clock);
+    clock.advance(Duration::from_secs(10));
+    let (parent, _p) = root.with_timeout(Duration::from_secs(60));
+    let past = Instant::ZERO + Duration::from_secs(1);
+    let (ctx, h) = parent.with_deadline_cause(past, Slow("own"));
+    assert!(!h.cancel(), "done at creation: a cancel comes second");
+    assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
+    assert_eq!(ctx.cause().unwrap().to_string(), "too slow: own");
+    let (zero, _z) = parent.with_timeout_cause(Duration::ZERO, Slow("zero"));
+    assert_eq!(zero.cause().unwrap().to_string(), "too slow: zero");
+    assert!(!parent.is_cancelled());
+}
