@@ -1492,8 +1492,10 @@ pub(crate) unsafe fn new_cancel_in(
     // someone had looked"). The parent comes first, as Go's `propagateCancel` does before
     // the own deadline: an expired parent that nobody has looked at is settled now, so the
     // child is born with the parent's error and cause.
+    // (`FAR_FUTURE` never passes, even on a clock saturated there: time invariant 2.)
     let passed = deadline.as_ref().is_some_and(|(at, clock, _, known)| {
-        known.unwrap_or_else(|| clock.now().as_nanos() >= *at)
+        *at < Instant::FAR_FUTURE.as_nanos()
+            && known.unwrap_or_else(|| clock.now().as_nanos() >= *at)
     });
     if passed {
         if let Some(p) = parent {
