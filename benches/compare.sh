@@ -16,6 +16,17 @@
 #   GO_COUNT, GO_BENCHTIME Go samples per round and -benchtime (default 2, 200ms; QUICK: 1, 20ms)
 #   GO_BASELINE            the Go scripts (default: ../shared/go-baseline beside the repo)
 #   SKIP_GO=1              Rust only (the Go column stays empty)
+#   RUST_BENCHES           the Rust bench binaries to run (default: child_create_cancel lookup
+#                          fanout fanout_wake deadline)
+#   RUST_FILTER            criterion's filter (a regexp on benchmark ids; default: all)
+#   GO_BENCH               -bench regexp of both Go suites (go-baseline's fanout and benches/go;
+#                          default: all)
+#   SKIP_MEMORY=1          skip the allocation counts (memory bench, Go's TestAllocsActual)
+#
+# A focused run of the deadline rows, beside today's deadline_child/create_cancel:
+#   RUST_BENCHES="child_create_cancel deadline" RUST_FILTER='^deadline_' \
+#   GO_BENCH='DeadlineChild|DeadlineFire' SKIP_MEMORY=1 R=5 OUT=target/compare-deadline.md \
+#   benches/compare.sh
 #   REPORT_ONLY=1          rerun no benchmark: rewrite the report from the last run's raw results
 #   OUT                    where the report goes (default benches/RESULTS.md; QUICK:
 #                          $CARGO_TARGET_DIR/compare/RESULTS-quick.md, so a smoke test never
@@ -64,22 +75,35 @@ fi
 # --- Rust build (once)
 log "building the benches (cargo bench -p kontext-benches --no-run)"
 cargo bench -p kontext-benches --no-run >&2
-rust_benches=(--bench child_create_cancel --bench lookup --bench fanout --bench fanout_wake)
+rust_benches=()
+for b in ${RUST_BENCHES:-child_create_cancel lookup fanout fanout_wake deadline}; do
+  rust_benches+=(--bench "$b")
+done
+rust_filter=()
+[ -n "${RUST_FILTER:-}" ] && rust_filter=("$RUST_FILTER")
+go_bench="${GO_BENCH:-.}"
 
 for r in $(seq 1 "$rounds"); do
   if [ -n "$go" ]; then
     log "round $r/$rounds: Go (GOMAXPROCS=$threads COUNT=$go_count BENCHTIME=$go_benchtime)"
     GOMAXPROCS="$threads" COUNT="$go_count" BENCHTIME="$go_benchtime" SUITES=fanout \
-      OUT="$work/go/round-$r.txt" "$go_baseline/run.sh" >&2
+      BENCH="$go_bench" OUT="$work/go/round-$r.txt" "$go_baseline/run.sh" >&2
+    # The deadline scenarios that go-baseline lacks (benches/go), in the same round.
+    # shellcheck disable=SC1090
+    (source "$go_env" && cd "$here/go" && GOMAXPROCS="$threads" "$go" test -run '^$' \
+      -bench "$go_bench" -benchmem -count "$go_count" -benchtime "$go_benchtime" -timeout 30m .) \
+      | tee -a "$work/go/round-$r.txt" >&2
   fi
   log "round $r/$rounds: Rust (KONTEXT_BENCH_THREADS=$threads)"
   CRITERION_HOME="$work/rust/round-$r" \
-    cargo bench -p kontext-benches "${rust_benches[@]}" -- --noplot >&2
+    cargo bench -p kontext-benches "${rust_benches[@]}" -- --noplot "${rust_filter[@]}" >&2
 done
 
+if [ -z "${SKIP_MEMORY:-}" ]; then
 log "memory (counting allocator)"
 cargo bench -p kontext-benches --bench memory 2>/dev/null | grep '^|' >"$work/memory.md"
-if [ -n "$go" ]; then
+fi
+if [ -n "$go" ] && [ -z "${SKIP_MEMORY:-}" ]; then
   # shellcheck disable=SC1090
   (source "$go_env" && cd "$go_baseline/fanout" && go test -count=1 -v -run TestAllocsActual .) \
     2>&1 | sed -n 's/^.*allocs_test.go:[0-9]*: allocs //p' >"$work/go-allocs.txt" || true
@@ -139,7 +163,7 @@ for bj in glob.glob(os.path.join(work, "rust", "round-*", "**", "new", "benchmar
     by_round.setdefault((scenario, b["function_id"]), {})[rnd] = ns
 
 # ---- Go: the raw `go test -bench` lines of every round
-per_child = ("FanoutCancel", "FanoutCancelObserved", "FanoutWake")
+per_child = ("FanoutCancel", "FanoutCancelObserved", "FanoutWake", "DeadlineFire")
 suffix = re.compile(r"-%d$" % threads) if threads > 1 else None
 go = {}
 for f in sorted(glob.glob(os.path.join(work, "go", "round-*.txt"))):
@@ -164,7 +188,7 @@ def med(scenario, system):
     v = rust.get((scenario, system))
     return statistics.median(v) if v else None
 
-order = ["child_create_cancel", "child_create_drop", "deadline_child", "after_func",
+order = ["child_create_cancel", "child_create_drop", "deadline_child", "deadline_fire", "after_func",
          "is_cancelled", "value_lookup", "fanout_cancel", "fanout_cancel_observed",
          "fanout_cancel_waiting", "fanout_wake", "fanout_wake_smol", "fanout_wake_cancel_only", "deep_chain"]
 def key(s):
@@ -201,7 +225,7 @@ rows = []
 for s in scenarios:
     k, t, g = med(s, "kontext"), med(s, "tokio-util"), go_for(s)
     rows.append([s, units.get(s, "ns/child" if s.split("/")[0] in
-                 ("fanout_cancel", "fanout_cancel_observed", "fanout_wake") else "ns/op"),
+                 ("fanout_cancel", "fanout_cancel_observed", "fanout_wake", "deadline_fire") else "ns/op"),
                  fmt(k), fmt(t), fmt(g), ratio(k, t), ratio(k, g), round_ratios(s)])
 
 def md_table(head, rows):
@@ -273,6 +297,14 @@ target("1000-deep chain cancel ≤ 1/3 tokio-util", chk(k / t if k and t else No
 k, g = med("deadline_child/create_cancel", "kontext"), go_for("deadline_child/create_cancel")
 target("deadline child create+cancel ≤ 1/4 Go", chk(k / g if k and g else None, 0.25),
        "%s vs %s ns/op: %s× (target ≤ 0.25)" % (fmt(k), fmt(g), ratio(k, g)))
+k, g = med("deadline_child/create_wait_cancel", "kontext"), go_for("deadline_child/create_wait_cancel")
+target("deadline child create + one waiter + cancel ≤ 1/2 Go", chk(k / g if k and g else None, 0.5),
+       "%s vs %s ns/op: %s× (target ≤ 0.50)" % (fmt(k), fmt(g), ratio(k, g)))
+for n in (100, 1000):
+    k, g = med("deadline_fire/%d" % n, "kontext"), go_for("deadline_fire/%d" % n)
+    target("deadline fire, N=%d waiters at one deadline (std clock's thread) ≤ 1/2 Go" % n,
+           chk(k / g if k and g else None, 0.5),
+           "%s vs %s ns/context: %s× (target ≤ 0.50)" % (fmt(k), fmt(g), ratio(k, g)))
 derive = [lead_number(mem.get(m, [None, None])[1]) for m in
           ("child + cancel + drop", "deadline child (+1 h) + cancel + drop", "value child (u64) + drop")]
 target("one allocation per derived context", None if None in derive else all(x == 1 for x in derive),
@@ -289,7 +321,7 @@ target("≤ 64 bytes per cancel-only node", chk(node, 64),
        "node %s B; live heap per child incl. the parent's slot table %s B" % (fmt(node), fmt(live)))
 
 main_md = md_table(head, rows)
-targets_md = md_table(["target (issue 7)", "figures (medians, this run)", ""], targets)
+targets_md = md_table(["target (issues 7 and 14)", "figures (medians, this run)", ""], targets)
 
 print(text_table(head, rows))
 print()
@@ -318,6 +350,15 @@ with open(out, "w") as f:
       "rows; the tree is built untimed, as Go's `b.StopTimer` setup. `fanout_wake_smol` compares "
       "with Go's `fanout_wake`. The last column is the range of kontext/tokio-util over the rounds "
       "(both measured in the same round): how far one run's ratio can be trusted. "
+      "`deadline_child/create_wait_cancel`: a deadline child (+1 h) with one waiter registered "
+      "(kontext: `cancelled()` polled once with a no-op waker, which arms the deadline in the std "
+      "clock's queue; Go: `Done()` and a non-blocking receive), cancelled, the waiter ready, "
+      "dropped; `_manual`: the same on a `ManualClock` tree (no driver thread to wake); "
+      "Go's `_goroutine`: the waiter is a goroutine blocked on `<-Done()`. `deadline_fire/N`: "
+      "N contexts with one deadline, a task (goroutine) waiting on each, from the deadline to the "
+      "last woken, per context; kontext's plain row is the std clock's `kontext-deadlines` thread, "
+      "`manual_N` a `ManualClock` advanced on the runtime (no OS timer), `tokio_N` "
+      "`kontext_tokio::background()` (tokio's 1 ms timer). "
       "`fanout_wake_cancel_only` times only the `cancel()` call of "
       "tokio's `fanout_wake` (the walk and the N wakes, not running the woken tasks); "
       "`fanout_cancel_waiting` is the tree's own share of a fan-out with waiters: each child has "

@@ -188,6 +188,15 @@ impl Countdown {
         self.started_at.store(self.now(), Ordering::Relaxed);
     }
 
+    /// Records `at` as the start of the timed region: an instant fixed in advance, such as a
+    /// deadline (the deadline benches time from the deadline to the last wake). An `at`
+    /// before the countdown was made counts from its creation.
+    pub fn mark_start_at(&self, at: Instant) {
+        let nanos = (at.saturating_duration_since(self.base).as_nanos() as u64).max(1);
+        // Relaxed: see `mark_start`.
+        self.started_at.store(nanos, Ordering::Relaxed);
+    }
+
     /// Counts one down; the last one records the time and unparks the waiting thread.
     pub fn count_down(&self) {
         // AcqRel: each count's earlier work happens-before the last one (a release

@@ -1,0 +1,3 @@
+module kontext.local/benches/go
+
+go 1.22
