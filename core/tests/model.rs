@@ -498,17 +498,29 @@ impl Model {
     }
 
     /// A cancellable child, with a deadline if `deadline` is earlier than the inherited
-    /// one. Born done if its owner is done (an expired, unobserved deadline does not count:
-    /// nothing is observed here).
+    /// one. Born done if its owner is done (an expired, unobserved deadline does not count,
+    /// unless the child's own deadline has passed too: then the parent is looked at first).
     fn derive_cancel(&mut self, parent: usize, deadline: Option<(u64, Option<usize>)>) -> usize {
         let inherited = self.deadline(parent).unwrap_or(u64::MAX);
         let kind = match deadline {
             Some((at, cause)) if at < inherited => Kind::Deadline { at, cause },
             _ => Kind::Cancel,
         };
+        // A deadline already past: done at birth, the parent looked at first (an expired
+        // parent nobody has observed gives the child its error and cause).
+        let passed = matches!(kind, Kind::Deadline { at, .. } if at < FAR && self.now >= at);
+        if passed {
+            let _ = self.done(parent);
+        }
         let born = self.state_src(parent).and_then(|o| self.nodes[o].done);
         let n = self.push(parent, kind);
         self.nodes[n].done = born;
+        if let (None, true, Kind::Deadline { cause, .. }) = (born, passed, kind) {
+            self.nodes[n].done = Some(Done {
+                err: Error::DeadlineExceeded,
+                cause: cause.map_or(Why::Bare(Error::DeadlineExceeded), Why::Step),
+            });
+        }
         n
     }
 
