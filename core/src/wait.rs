@@ -496,8 +496,14 @@ pin_project! {
     /// [`Ctx::run_until_cancelled`].
     ///
     /// Resolves to `Ok(output)`, or `Err(reason)` once the context is done; the inner future
-    /// is then no longer polled (drop this future to drop it). Cancellation is checked
-    /// first at every poll, like `tokio_util`'s `run_until_cancelled`.
+    /// is then no longer polled (drop this future to drop it).
+    ///
+    /// Cancellation is checked first at every poll: once the context is done the work is
+    /// never polled again, even when it would have been ready in the same poll. This is a
+    /// choice, and not tokio-util's: its `run_until_cancelled` (0.7.20) polls the work
+    /// first and returns its output in that case. kontext prefers one answer for a done
+    /// context, whether or not the work happened to be ready: no more work on behalf of a
+    /// request that was cancelled.
     #[must_use = "futures do nothing unless polled"]
     #[derive(Debug)]
     pub struct RunUntilCancelled<'a, F> {
