@@ -2,7 +2,9 @@
 //! `Response<Full<Bytes>>` out, body read to the end), in process, on a current-thread
 //! tokio runtime: no layer, `ContextLayer` (a context per request, ended at the end of the
 //! body), `ContextLayer` with a deadline and enforcement (one timer per request), and
-//! tower-http's `TimeoutLayer` (one timer per request), in the same run.
+//! tower-http's `TimeoutLayer` (one timer per request), in the same run; then the same
+//! four stacks behind a real hyper HTTP/1 server on loopback, one keep-alive connection,
+//! requests one after the other (what a request costs end to end).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -137,5 +139,112 @@ fn parts(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, overhead, parts);
+/// Serves `svc` with hyper's HTTP/1 server on 127.0.0.1 and returns a connected client.
+async fn loopback<S, B>(svc: S) -> hyper::client::conn::http1::SendRequest<Full<Bytes>>
+where
+    S: Service<Request<hyper::body::Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc),
+            );
+        }
+    });
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn handler_in(
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    black_box(&req);
+    Ok(Response::new(Full::new(Bytes::from_static(b"hello"))))
+}
+
+/// Sends `iters` GETs on `client`, one after the other, reading each body.
+fn round_trips(
+    rt: &tokio::runtime::Runtime,
+    client: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    iters: u64,
+) -> Duration {
+    rt.block_on(async {
+        let start = Instant::now();
+        for _ in 0..iters {
+            client.ready().await.unwrap();
+            let req = Request::builder()
+                .uri("/")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let res = client.send_request(req).await.unwrap();
+            black_box(res.into_body().collect().await.unwrap());
+        }
+        start.elapsed()
+    })
+}
+
+fn over_loopback(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let base = rt.block_on(async { kontext_tokio::background() });
+    let mut g = c.benchmark_group("loopback_http1");
+    let mut bare = rt.block_on(loopback(ServiceBuilder::new().service_fn(handler_in)));
+    let mut ctx = rt.block_on(loopback(
+        ServiceBuilder::new()
+            .layer(ContextLayer::new(base.clone(), TokioTimer))
+            .service_fn(handler_in),
+    ));
+    let mut enforced = rt.block_on(loopback(
+        ServiceBuilder::new()
+            .layer(
+                ContextLayer::new(base.clone(), TokioTimer)
+                    .default_timeout(Duration::from_secs(30))
+                    .enforce(true),
+            )
+            .service_fn(handler_in),
+    ));
+    let mut timeout = rt.block_on(loopback(
+        ServiceBuilder::new()
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::GATEWAY_TIMEOUT,
+                Duration::from_secs(30),
+            ))
+            .service_fn(handler_in),
+    ));
+    g.bench_function("no_layer", |b| {
+        b.iter_custom(|n| round_trips(&rt, &mut bare, n))
+    });
+    g.bench_function("context_layer", |b| {
+        b.iter_custom(|n| round_trips(&rt, &mut ctx, n))
+    });
+    g.bench_function("context_layer_deadline_enforced", |b| {
+        b.iter_custom(|n| round_trips(&rt, &mut enforced, n))
+    });
+    g.bench_function("tower_http_timeout", |b| {
+        b.iter_custom(|n| round_trips(&rt, &mut timeout, n))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, overhead, parts, over_loopback);
 criterion_main!(benches);

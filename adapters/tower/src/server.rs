@@ -423,11 +423,19 @@ impl<T: Timer> Config<T> {
                 limit = Some((max, DeadlineSource::ServerMax));
             }
         }
+        // The child is done on arrival iff its parent is (a base past its deadline, or
+        // cancelled) or its own timeout is zero; asking the parent spares a clock read.
+        let answer = match parent.err() {
+            Some(reason) => Some(Answer::for_reason(reason)),
+            None if limit.as_ref().is_some_and(|(d, _)| d.is_zero()) => {
+                Some(Answer::DeadlineExceeded)
+            }
+            None => None,
+        };
         let (ctx, handle) = match limit {
             None => parent.child(),
             Some((d, source)) => parent.with_timeout_cause(d, RequestDeadline::new(source, d)),
         };
-        let answer = ctx.err().map(Answer::for_reason);
         (ctx, handle, answer)
     }
 }
