@@ -31,7 +31,7 @@
 //! let system: &'static Ctx = Pin::static_ref(&SYSTEM).attach(kontext_embassy::root());
 //! assert_eq!(send_packet(system).await, Err(Error::DeadlineExceeded));
 //!
-//! SYSTEM.cancel(); // e.g. from the supervisor task, or an interrupt handler
+//! SYSTEM.cancel(); // e.g. from the supervisor task (from an interrupt handler: see below)
 //! system.done().await; // Go's `<-ctx.Done()`
 //! assert_eq!(system.err(), Some(Error::Cancelled));
 //! # });
@@ -63,8 +63,11 @@
 //!
 //! # Features
 //! - `alloc`: kontext's heap API and `background()` (needs a global allocator).
-//! - `critical-section`: wait lists guarded by a critical section, so interrupt handlers
-//!   may cancel contexts (the firmware picks the implementation).
+//! - `critical-section`: wait lists (and the deadline queue) guarded by a critical section,
+//!   so interrupt handlers may cancel contexts. **Needed for that:** without it they are
+//!   guarded by a spin lock, and an interrupt that cancels while the code it interrupted
+//!   holds that lock never returns on a single core. The firmware picks the
+//!   implementation (e.g. cortex-m's `critical-section-single-core`).
 //!
 //! On chips without compare-and-swap (thumbv6m) kontext's atomics come from
 //! `portable-atomic`: the firmware enables `portable-atomic/critical-section` (a library

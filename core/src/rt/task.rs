@@ -73,10 +73,12 @@ pin_project! {
     /// against its context, with panics caught.
     #[must_use = "futures do nothing unless polled"]
     pub struct Task<T: Timer, F> {
-        #[pin]
-        done: Option<DoneOwned<T>>,
+        // Declared in invariant 2's drop order: fields drop in this order when the runtime
+        // drops an unfinished task.
         #[pin]
         future: Option<F>,
+        #[pin]
+        done: Option<DoneOwned<T>>,
         handle: Option<CancelHandle>,
         token: Option<Token>,
     }
