@@ -62,6 +62,9 @@ impl RequestHandle {
 #[cfg(feature = "tracing")]
 fn trace_end(span: &tracing::Span, ctx: &Context) {
     use crate::cause::{RequestDeadline, ServerShutdown};
+    if !tracing::enabled!(target: "kontext_tower", tracing::Level::DEBUG) {
+        return; // nothing to format
+    }
     let cause = ctx.cause();
     let outcome = match cause {
         Some(c) if c.is::<RequestDeadline>() => "deadline",
@@ -76,7 +79,10 @@ fn trace_end(span: &tracing::Span, ctx: &Context) {
         },
         None => "cancelled",
     };
-    let cause = cause.map(|c| c.to_string()).unwrap_or_default();
+    let cause: &dyn fmt::Display = match cause {
+        Some(c) => c,
+        None => &"",
+    };
     span.in_scope(|| {
         tracing::debug!(
             target: "kontext_tower",
