@@ -246,7 +246,7 @@ fn drain_after_cancel() {
         }
         assert_eq!(tracker.len(), 8);
         stop.cancel();
-        kontext_smol::drain(&tracker, Some(Duration::from_secs(60)))
+        kontext_smol::drain(&tracker, Some(Duration::from_secs(5)))
             .await
             .unwrap();
         assert!(tracker.is_empty());

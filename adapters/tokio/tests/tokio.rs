@@ -227,7 +227,9 @@ async fn a_detached_join_handle_leaves_the_task_bound() {
     tokio::task::yield_now().await;
     assert_eq!(tracker.len(), 1, "detached, still running");
     h.cancel();
-    kontext_tokio::drain(&tracker, None).await.unwrap();
+    kontext_tokio::drain(&tracker, Some(Duration::from_secs(5)))
+        .await
+        .unwrap(); // bounded: a lost idle signal fails, never hangs
     assert!(dropped.load(SeqCst));
 }
 
@@ -412,7 +414,9 @@ async fn drain_waits_for_cancelled_tasks_and_times_out_on_stragglers() {
     assert_eq!(res.unwrap_err().remaining, 1);
     assert_eq!(start.elapsed(), Duration::from_millis(500));
     straggler.cancel();
-    kontext_tokio::drain(&tracker, None).await.unwrap();
+    kontext_tokio::drain(&tracker, Some(Duration::from_secs(5)))
+        .await
+        .unwrap(); // bounded: a lost idle signal fails, never hangs
     assert!(tracker.is_empty());
 }
 
@@ -458,7 +462,9 @@ async fn fan_out_on_a_multi_thread_runtime() {
             Err(e) => assert!(e.is_cancelled(), "{e:?}"),
         }
     }
-    kontext_tokio::drain(&tracker, None).await.unwrap();
+    kontext_tokio::drain(&tracker, Some(Duration::from_secs(5)))
+        .await
+        .unwrap(); // bounded: a lost idle signal fails, never hangs
     assert!(tracker.is_empty());
     let saw = saw_cancel.load(SeqCst);
     // `run(pending)` returns only at the cancel: a task that finished saw it there.
