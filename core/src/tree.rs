@@ -369,7 +369,14 @@ const NCHUNKS: usize = 3;
 // 64-bit atomics (32-bit tags: a stale head would need 2^32 pushes and pops while one
 // claimer sits between two instructions). Chips without them (thumbv6m, thumbv7em) use
 // the pointer-sized word: 16-bit tags and at most 65,534 live registrations per context,
-// far beyond their RAM.
+// far beyond their RAM. The bound that follows, stated exactly: a registrant there can be
+// fooled by a stale head only if, between its load of the head and its CAS (two
+// instructions), code that preempts it (an interrupt handler or a higher-priority task)
+// pops and pushes the same context's free list a multiple of 65,536 times and leaves the
+// same index on top. At a few microseconds per registration that is tens of milliseconds
+// of registering and unregistering children of one context inside one preemption; a design
+// that does this must not run on these chips. (The loom model
+// `free_list_pop_stalled_across_pop_pop_push` shows the tag is what stops it.)
 #[cfg(any(loom, target_has_atomic = "64"))]
 type Word = u64;
 #[cfg(any(loom, target_has_atomic = "64"))]
