@@ -888,8 +888,9 @@ impl Drop for CancelHandle {
             }
         }
         let _release = Release(self.node);
-        if self.armed {
-            self.cancel();
+        // As `cancel`, with the cause saying how (`HandleDropped`).
+        if self.armed && !self.node().header().is_done() {
+            tree::cancel(self.node, tree::dropped_state());
         }
     }
 }

@@ -31,6 +31,39 @@ pub type Cause = dyn core::error::Error + Send + Sync + 'static;
 
 pub(crate) static CANCELLED: Error = Error::Cancelled;
 pub(crate) static DEADLINE_EXCEEDED: Error = Error::DeadlineExceeded;
+pub(crate) static HANDLE_DROPPED: HandleDropped = HandleDropped;
+
+/// The cause of a context cancelled because its armed [`CancelHandle`] was dropped
+/// (cancel-on-drop), rather than by an explicit [`cancel`](crate::CancelHandle::cancel).
+/// The reason is still [`Error::Cancelled`]; the cause says how, so a log line (or a
+/// [`JoinError`](crate::rt::JoinError)) names the usual mistake: `let (ctx, _) = ...`,
+/// whose `_` drops the handle, and the context, at once.
+///
+/// ```
+/// use kontext::{Context, Error, HandleDropped};
+///
+/// let (ctx, _) = Context::background().child(); // `_`: the handle is dropped here
+/// assert_eq!(ctx.err(), Some(Error::Cancelled));
+/// assert!(ctx.cause().unwrap().is::<HandleDropped>());
+/// assert_eq!(
+///     ctx.cause().unwrap().to_string(),
+///     "context cancelled: its CancelHandle was dropped"
+/// );
+///
+/// let (ctx, _cancel) = Context::background().child(); // kept: live until `_cancel` goes
+/// assert!(!ctx.is_cancelled());
+/// ```
+#[cfg_attr(not(feature = "alloc"), allow(rustdoc::broken_intra_doc_links))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct HandleDropped;
+
+impl fmt::Display for HandleDropped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("context cancelled: its CancelHandle was dropped")
+    }
+}
+
+impl core::error::Error for HandleDropped {}
 
 impl Error {
     /// This error as a `'static` cause, for contexts cancelled without one.

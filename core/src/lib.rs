@@ -27,7 +27,7 @@ pub use crate::context::{Context, Ctx};
 pub use crate::error::CancelledBy;
 #[cfg(all(feature = "alloc", target_has_atomic = "ptr"))]
 pub use crate::error::SharedCause;
-pub use crate::error::{Cause, Error};
+pub use crate::error::{Cause, Error, HandleDropped};
 #[cfg(any(loom, target_has_atomic = "64"))]
 pub use crate::time::ManualClock;
 #[cfg(feature = "std")]

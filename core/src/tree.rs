@@ -174,6 +174,8 @@ const DEADLINE_OWN_CAUSE: usize = 3;
 const INH_CANCELLED: usize = 4;
 /// As above with `DeadlineExceeded`.
 const INH_DEADLINE: usize = 5;
+/// Cancelled by dropping its armed handle; the cause is `HandleDropped`.
+const DROPPED: usize = 6;
 const SENTINEL_LIMIT: usize = 8;
 
 // Callback states.
@@ -906,7 +908,7 @@ unsafe fn time_ext<'a>(t: NonNull<Header>) -> &'a TimeExt {
 /// carry their reason), so no walk is needed.
 fn reason_of(st: *mut CauseRecord) -> Error {
     match st.addr() {
-        CANCELLED | INH_CANCELLED => Error::Cancelled,
+        CANCELLED | INH_CANCELLED | DROPPED => Error::Cancelled,
         DEADLINE | DEADLINE_OWN_CAUSE | INH_DEADLINE => Error::DeadlineExceeded,
         LIVE => unreachable!("reason of a live node"),
         // SAFETY: a record stays valid while its node lives; the caller's node keeps it.
@@ -922,6 +924,7 @@ fn resolve<'a>(mut n: NonNull<CancelNode>, mut st: *mut CauseRecord) -> (Error, 
     loop {
         match st.addr() {
             CANCELLED => return (Error::Cancelled, Error::Cancelled.as_cause()),
+            DROPPED => return (Error::Cancelled, &crate::error::HANDLE_DROPPED),
             DEADLINE => return (Error::DeadlineExceeded, Error::DeadlineExceeded.as_cause()),
             DEADLINE_OWN_CAUSE => {
                 // SAFETY: this state is only stored on deadline nodes; `n` is the raw
@@ -1755,6 +1758,11 @@ pub(crate) fn cancel_state(reason: Error, cause: Option<Box<Cause>>) -> *mut Cau
         Some(cause) => Box::into_raw(Box::new(CauseRecord { reason, cause })),
         None => reason_state(reason),
     }
+}
+
+/// The state of a context cancelled by dropping its armed handle.
+pub(crate) fn dropped_state() -> *mut CauseRecord {
+    sentinel(DROPPED)
 }
 
 /// The state a cancel with this reason and no cause stores.

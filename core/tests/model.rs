@@ -101,6 +101,8 @@ fn value_of(ctx: &Context, key: Key) -> Option<usize> {
 enum Why {
     Bare(Error),
     Step(usize),
+    /// Cancelled by dropping its armed handle (`HandleDropped`).
+    Dropped,
     Foreign,
 }
 
@@ -109,6 +111,8 @@ fn why(cause: &kontext::Cause) -> Why {
         Why::Step(s.0)
     } else if let Some(e) = cause.downcast_ref::<Error>() {
         Why::Bare(*e)
+    } else if cause.is::<kontext::HandleDropped>() {
+        Why::Dropped
     } else {
         Why::Foreign
     }
@@ -831,7 +835,7 @@ fn apply(
                 n,
                 Done {
                     err: Error::Cancelled,
-                    cause: Why::Bare(Error::Cancelled),
+                    cause: Why::Dropped,
                 },
             );
             drop(h);

@@ -91,7 +91,10 @@ impl<T: Timer, F: Future> Task<T, F> {
         let mut this = self.project();
         let dropped = catch_unwind(AssertUnwindSafe(|| this.future.set(None))).err();
         this.done.set(None);
-        drop(this.handle.take());
+        // An explicit cancel: the task ended, its handle was not "dropped by mistake".
+        if let Some(h) = this.handle.take() {
+            h.cancel();
+        }
         drop(this.token.take());
         dropped
     }
