@@ -33,11 +33,11 @@ pub(crate) static CANCELLED: Error = Error::Cancelled;
 pub(crate) static DEADLINE_EXCEEDED: Error = Error::DeadlineExceeded;
 pub(crate) static HANDLE_DROPPED: HandleDropped = HandleDropped;
 
-/// The cause of a context cancelled because its armed [`CancelHandle`] was dropped
-/// (cancel-on-drop), rather than by an explicit [`cancel`](crate::CancelHandle::cancel).
-/// The reason is still [`Error::Cancelled`]; the cause says how, so a log line (or a
-/// [`JoinError`](crate::rt::JoinError)) names the usual mistake: `let (ctx, _) = ...`,
-/// whose `_` drops the handle, and the context, at once.
+/// The cause of a context cancelled because its armed `CancelHandle` was dropped
+/// (cancel-on-drop), rather than by an explicit `cancel()`. The reason is still
+/// [`Error::Cancelled`]; the cause says how, so a log line (or a task's join error) names
+/// the usual mistake: `let (ctx, _) = ...`, whose `_` drops the handle, and so cancels the
+/// context, at once.
 ///
 /// ```
 /// use kontext::{Context, Error, HandleDropped};
@@ -53,7 +53,6 @@ pub(crate) static HANDLE_DROPPED: HandleDropped = HandleDropped;
 /// let (ctx, _cancel) = Context::background().child(); // kept: live until `_cancel` goes
 /// assert!(!ctx.is_cancelled());
 /// ```
-#[cfg_attr(not(feature = "alloc"), allow(rustdoc::broken_intra_doc_links))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct HandleDropped;
 
