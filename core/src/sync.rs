@@ -90,6 +90,43 @@ impl<T> UnsafeCell<T> {
 #[cfg(loom)]
 pub(crate) use loom::cell::UnsafeCell;
 
+/// Plain memory that a protocol hands from one thread to another with an atomic ordering
+/// (a user node's storage, released by the walker and reused by its owner; a waiter's
+/// fields, written by the walker and then by the waiter). Zero-sized and free, except
+/// under loom, where it is a cell: `read`/`write` at each side's last and first accesses
+/// let loom check the Release/Acquire pair that orders them, which it cannot see for the
+/// plain memory itself (not loom-tracked).
+#[derive(Debug, Default)]
+pub(crate) struct Handover {
+    #[cfg(loom)]
+    cell: loom::cell::UnsafeCell<()>,
+}
+
+impl Handover {
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Self {
+        Handover {}
+    }
+    #[cfg(loom)]
+    pub(crate) fn new() -> Self {
+        Handover {
+            cell: loom::cell::UnsafeCell::new(()),
+        }
+    }
+    /// This thread reads the handed-over memory here.
+    #[inline]
+    pub(crate) fn read(&self) {
+        #[cfg(loom)]
+        self.cell.with(|_| ());
+    }
+    /// This thread writes (or frees) the handed-over memory here.
+    #[inline]
+    pub(crate) fn write(&self) {
+        #[cfg(loom)]
+        self.cell.with_mut(|_| ());
+    }
+}
+
 /// Tells the processor (or loom's scheduler) that this thread is spinning.
 #[inline]
 #[allow(dead_code)]

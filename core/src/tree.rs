@@ -123,8 +123,8 @@ use core::ptr::{self, NonNull};
 use crate::alarm::{self, AlarmEntry};
 use crate::error::{Cause, Error};
 use crate::sync::{
-    cas_then_fence, fence, store_then_fence, AtomicBool, AtomicPtr, AtomicUsize, Ordering::*,
-    UnsafeCell,
+    cas_then_fence, fence, store_then_fence, AtomicBool, AtomicPtr, AtomicUsize, Handover,
+    Ordering::*, UnsafeCell,
 };
 use crate::time::{Clock, Instant};
 use crate::wait::WaitList;
@@ -258,6 +258,9 @@ pub(crate) struct Link {
     storage: Storage,
     /// Index in the owner's table, or `NO_SLOT`. Written before the link is published.
     slot: u32,
+    /// A user node's storage, handed back by the walker to its owner (invariant 8): lets
+    /// loom check that hand-over (zero-sized elsewhere).
+    storage_handover: Handover,
 }
 
 /// The prefix of every context node.
@@ -1165,6 +1168,7 @@ unsafe fn release_registered(l: NonNull<Link>) {
     // SAFETY: the reference keeps the memory live.
     let link = unsafe { l.as_ref() };
     if link.storage == Storage::User {
+        link.storage_handover.read();
         // Release: our last access to the node; its detach (Acquire) may reuse the
         // storage once it sees the bit clear (invariant 8). Nothing to free.
         link.refs.fetch_sub(MEM_REGISTERED, Release);
@@ -1380,6 +1384,7 @@ fn header(kind: Kind, storage: Storage, refs: usize, slot: u32, d: &Derive) -> H
             kind,
             storage,
             slot,
+            storage_handover: Handover::new(),
         },
         parent: d.parent,
         state_src: d.state_src,
@@ -1608,6 +1613,8 @@ pub(crate) unsafe fn detach_user(n: NonNull<CancelNode>) {
             }
         }
     }
+    // The storage is ours again (and goes when we return).
+    h.link.storage_handover.write();
     // Gives back the handle this node held (a no-op on a user parent) when done here,
     // also if dropping what the node owns unwinds.
     let _release = ReleaseOnDrop(h.parent.map(NonNull::cast));
@@ -1967,6 +1974,7 @@ fn walk(
     }
     debug_assert_eq!(held_user, usize::from(root_held));
     if fired {
+        r.header.link.storage_handover.read();
         // SAFETY: a firing deadline node; our last access to a user one (alarm invariant 4).
         unsafe { alarm::fired(root.cast()) };
     }
@@ -2182,6 +2190,7 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
                 kind: Kind::Callback,
                 storage: Storage::Heap,
                 slot: idx as u32,
+                storage_handover: Handover::new(),
             },
             state: AtomicUsize::new(CB_PENDING),
             owner: owner_raw,

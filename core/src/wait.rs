@@ -33,7 +33,7 @@ use pin_project_lite::pin_project;
 
 use crate::context::{Context, Ctx};
 use crate::error::Error;
-use crate::sync::{AtomicBool, Mutex, Ordering::*, UnsafeCell};
+use crate::sync::{AtomicBool, Handover, Mutex, Ordering::*, UnsafeCell};
 use crate::tree::{CancelNode, Side, SIDE_CLOSED, SIDE_INLINE, SIDE_TAGS};
 
 // ---------------------------------------------------------------------------------------
@@ -87,6 +87,9 @@ pub(crate) struct WaiterNode {
     /// Written under the lock. Cleared with Release by a walker taking the node out, as
     /// its last access (invariant 4), so the waiter reads it without the lock.
     linked: AtomicBool,
+    /// The node's fields, handed from the walker back to the waiter by `linked`: lets loom
+    /// check that hand-over (zero-sized elsewhere).
+    handover: Handover,
 }
 
 /// The waiters of one context: in its table, or inline in its node's `side` word
@@ -154,6 +157,7 @@ impl WaitList {
                 if let Some(w) = (*p).waker.take() {
                     batch.push(w);
                 }
+                (*p).handover.write();
                 // Release: our last access to the node (invariant 4); its waiter may now
                 // skip the lock, and its future may go.
                 (*p).linked.store(false, Release);
@@ -298,6 +302,7 @@ impl Waiter {
                 next: ptr::null_mut(),
                 waker: None,
                 linked: AtomicBool::new(false),
+                handover: Handover::new(),
             }),
             src: ptr::null(),
             _pin: PhantomPinned,
@@ -389,6 +394,8 @@ impl Waiter {
         // SAFETY: our own pinned node; `linked` is an atomic.
         if !unsafe { &(*n).linked }.load(Acquire) {
             // SAFETY: as just said, the node is ours alone.
+            unsafe { (*n).handover.write() };
+            // SAFETY: as above.
             drop(unsafe { (*n).waker.take() });
             return;
         }
