@@ -196,11 +196,12 @@ async fn stream_cancelled_by_context(layered: bool) {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let svc = echo(|_req| async { Ok(tonic::Response::new(Msg::default())) }).collect(move |req| {
         let ctx = req.context().unwrap().clone();
-        tx.send(ctx.clone()).unwrap();
+        let tx = tx.clone();
         async move {
             let mut stream = req.into_inner();
             let first = stream.message().await;
             assert!(matches!(first, Ok(Some(_))), "{first:?}");
+            tx.send(ctx.clone()).unwrap(); // the stream is open and flowing
             ctx.done().await; // only the end of the request ends this handler
             Ok(tonic::Response::new(Msg::default()))
         }
