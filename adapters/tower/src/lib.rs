@@ -40,6 +40,25 @@
 //! `kontext_tokio::TokioTimer`) and measures deadlines on the base context's clock (use
 //! `kontext_tokio::background()` on tokio, so the timer and the clock agree).
 //!
+//! # Go → kontext-tower
+//!
+//! | Go | kontext-tower |
+//! |---|---|
+//! | `http.Server{BaseContext: ...}` | [`ContextLayer::new(base, timer)`](ContextLayer::new) |
+//! | `r.Context()` in a handler | [`context(&req)`](context); axum: `RequestContext`; tonic: `req.context()` |
+//! | `r.WithContext(context.WithValue(...))` in a middleware | [`ContextLayer::on_request`], or replace the extension with a derived context |
+//! | grpc-go: `grpc-timeout` → `context.WithTimeout` on the server | `ContextLayer` (`grpc-timeout`, [`max_timeout`](ContextLayer::max_timeout), [`default_timeout`](ContextLayer::default_timeout)) |
+//! | grpc-go: the client's `ctx` deadline → `grpc-timeout`, fail fast when done | [`PropagateLayer`] |
+//! | `http.TimeoutHandler` (503 at the deadline) | [`ContextLayer::enforce`] (504 / gRPC `DEADLINE_EXCEEDED`) |
+//! | `req = req.WithContext(ctx)` for an outgoing `http.Client` call | reqwest: `RequestBuilderExt::context`; tower clients: the context in the request's extensions + [`PropagateLayer`] |
+//!
+//! # Layer order
+//! Put [`ContextLayer`] inside tower-http's `TraceLayer` (so the request's span is current
+//! when it runs) and inside `SetRequestIdLayer` (so [`on_request`](ContextLayer::on_request)
+//! can copy the request id into the context), and outside the layers and handlers that read
+//! the context. Under tonic's `Server`, give it a [`margin`](ContextLayer::margin) of one
+//! timer tick (see there).
+//!
 //! # What the server can and cannot see (HTTP/1)
 //! hyper drops a request's future when the client resets an HTTP/2 stream, and on HTTP/1
 //! when it notices the connection closed. On HTTP/1 it only watches the socket once the
@@ -84,10 +103,13 @@ pub use crate::server::{ContextLayer, ContextService, ResponseFuture};
 pub use kontext::{Context, Error};
 
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use crate::axum::{MissingContext, RequestContext};
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use crate::reqwest::{ContextRequest, RequestBuilderExt};
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub use crate::tonic::{status, TonicRequestExt};
 
 /// The boxed error of the bodies in this crate (as tower's and hyper's `BoxError`).
