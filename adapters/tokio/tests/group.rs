@@ -3,9 +3,12 @@
 //! (the context's reason and cause). Error types need neither `Clone` nor
 //! `std::error::Error`.
 
+#[path = "support/watchdog.rs"]
+mod watchdog;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
+use watchdog::watchdog;
 
 use kontext_tokio::{ContextExt, Error, Group, GroupError, TaskFailed};
 
@@ -34,6 +37,7 @@ fn slow_tasks(group: &Group<std::io::Error>, finished: &Arc<AtomicUsize>) {
 
 #[tokio::test(start_paused = true)]
 async fn a_deadline_that_drops_every_task_is_reported_not_ok() {
+    let _watchdog = watchdog("a_deadline_that_drops_every_task_is_reported_not_ok");
     let root = kontext_tokio::background();
     let (request, _cancel) = root.with_timeout(Duration::from_millis(10));
     let group: Group<std::io::Error> = Group::new(&request);
@@ -60,6 +64,7 @@ async fn a_deadline_that_drops_every_task_is_reported_not_ok() {
 
 #[tokio::test(start_paused = true)]
 async fn a_parent_cancelled_with_a_cause_is_reported_with_that_cause() {
+    let _watchdog = watchdog("a_parent_cancelled_with_a_cause_is_reported_with_that_cause");
     let root = kontext_tokio::background();
     let (request, cancel) = root.child();
     let group: Group<std::io::Error> = Group::new(&request);
@@ -89,6 +94,7 @@ async fn a_parent_cancelled_with_a_cause_is_reported_with_that_cause() {
 
 #[tokio::test(start_paused = true)]
 async fn group_cancel_and_a_cancelled_join_handle_are_reported() {
+    let _watchdog = watchdog("group_cancel_and_a_cancelled_join_handle_are_reported");
     let root = kontext_tokio::background();
     let group: Group<std::io::Error> = Group::new(&root);
     let finished = Arc::new(AtomicUsize::new(0));
@@ -111,6 +117,7 @@ async fn group_cancel_and_a_cancelled_join_handle_are_reported() {
 
 #[tokio::test(start_paused = true)]
 async fn ok_only_when_every_task_completed_ok_even_under_a_deadline() {
+    let _watchdog = watchdog("ok_only_when_every_task_completed_ok_even_under_a_deadline");
     let root = kontext_tokio::background();
     let (request, _cancel) = root.with_timeout(Duration::from_secs(5));
     let group: Group<std::io::Error> = Group::new(&request);
@@ -122,6 +129,7 @@ async fn ok_only_when_every_task_completed_ok_even_under_a_deadline() {
 
 #[tokio::test(start_paused = true)]
 async fn the_first_error_is_returned_by_value_without_clone() {
+    let _watchdog = watchdog("the_first_error_is_returned_by_value_without_clone");
     async fn handler(root: &kontext_tokio::Context) -> std::io::Result<()> {
         let group: Group<std::io::Error> = Group::new(root);
         group.spawn(|_| async {

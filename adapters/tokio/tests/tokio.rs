@@ -2,12 +2,15 @@
 //! synchronisation (a paused `sleep` only moves the virtual clock), drop guards and weak
 //! counts as witnesses.
 
+#[path = "support/watchdog.rs"]
+mod watchdog;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
+use watchdog::watchdog;
 
 use kontext_tokio::{ContextExt, Error, Group, TaskPanicked, TaskTracker};
 use tokio::time::Instant;
@@ -215,6 +218,7 @@ async fn a_panicking_task_reports_the_panic_and_cancels_its_child() {
 
 #[tokio::test(start_paused = true)]
 async fn a_detached_join_handle_leaves_the_task_bound() {
+    let _watchdog = watchdog("a_detached_join_handle_leaves_the_task_bound");
     let root = kontext_tokio::background();
     let (parent, h) = root.child();
     let dropped = flag();
@@ -235,6 +239,7 @@ async fn a_detached_join_handle_leaves_the_task_bound() {
 
 #[tokio::test(start_paused = true)]
 async fn group_first_error_cancels_siblings_and_wait_returns_it() {
+    let _watchdog = watchdog("group_first_error_cancels_siblings_and_wait_returns_it");
     let root = kontext_tokio::background();
     let group: Group<Failed> = Group::new(&root);
     let gctx = group.context().clone();
@@ -271,6 +276,7 @@ async fn group_first_error_cancels_siblings_and_wait_returns_it() {
 
 #[tokio::test(start_paused = true)]
 async fn group_wait_returns_ok_after_every_task_and_cancels_the_group() {
+    let _watchdog = watchdog("group_wait_returns_ok_after_every_task_and_cancels_the_group");
     let root = kontext_tokio::background();
     let group: Group<Failed> = Group::new(&root);
     let gctx = group.context().clone();
@@ -294,6 +300,7 @@ async fn group_wait_returns_ok_after_every_task_and_cancels_the_group() {
 
 #[tokio::test(start_paused = true)]
 async fn group_limit_is_honoured() {
+    let _watchdog = watchdog("group_limit_is_honoured");
     let root = kontext_tokio::background();
     let group: Group<Failed> = Group::new(&root).limit(2);
     let running = Arc::new(AtomicUsize::new(0));
@@ -323,6 +330,7 @@ async fn group_limit_is_honoured() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_group_task_cancels_the_group_and_wait_resumes_it() {
+    let _watchdog = watchdog("a_panicking_group_task_cancels_the_group_and_wait_resumes_it");
     let root = kontext_tokio::background();
     let group: Group<Failed> = Group::new(&root);
     let gctx = group.context().clone();
@@ -362,6 +370,7 @@ async fn dropping_a_group_cancels_its_tasks() {
 
 #[tokio::test(start_paused = true)]
 async fn nothing_is_leaked_after_a_group_ends() {
+    let _watchdog = watchdog("nothing_is_leaked_after_a_group_ends");
     let witness = Arc::new(());
     let weak: Weak<()> = Arc::downgrade(&witness);
     {
@@ -397,6 +406,7 @@ async fn nothing_is_leaked_after_a_group_ends() {
 
 #[tokio::test(start_paused = true)]
 async fn drain_waits_for_cancelled_tasks_and_times_out_on_stragglers() {
+    let _watchdog = watchdog("drain_waits_for_cancelled_tasks_and_times_out_on_stragglers");
     let root = kontext_tokio::background();
     let (server, stop) = root.child();
     let (tracked, tracker) = TaskTracker::attach(&server);
@@ -434,6 +444,7 @@ async fn works_inside_select() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fan_out_on_a_multi_thread_runtime() {
+    let _watchdog = watchdog("fan_out_on_a_multi_thread_runtime");
     let root = kontext_tokio::background();
     let (parent, h) = root.child();
     let (tracked, tracker) = TaskTracker::attach(&parent);
