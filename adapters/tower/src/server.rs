@@ -48,7 +48,9 @@ type Enrich = dyn Fn(&Context, &http::request::Parts) -> Context + Send + Sync;
 /// body ends ([`RequestEnd::Complete`]), when the client goes away
 /// ([`RequestEnd::ClientGone`]: the response future or body dropped first), when the
 /// handler panics ([`RequestEnd::Panicked`]) or fails ([`RequestEnd::Failed`]), at its
-/// deadline, or when `base` is cancelled (shutdown).
+/// deadline, or when `base` is cancelled (shutdown). After a `101 Switching Protocols`
+/// response the context is left to the upgraded connection: it then ends with `base` or
+/// at its deadline.
 ///
 /// A request whose context is already done on arrival (`grpc-timeout: 0n`, a base past
 /// its deadline or cancelled) is answered at once without calling the service: `504
