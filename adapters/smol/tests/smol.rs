@@ -9,6 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use async_executor::Executor;
+use kontext_smol::kontext::Clock as _;
 use kontext_smol::rt::{self, ManualTime};
 use kontext_smol::{
     Context, ContextExt, Error, Group, GroupError, SmolSpawner, TaskFailed, TaskTracker,
@@ -50,7 +51,9 @@ fn done_wakes_when_injected_time_reaches_the_deadline() {
         let (ctx, _h) = root.with_timeout(Duration::from_millis(300));
         let mut done = pin!(ctx.done_with(&TIME));
         assert!(poll_once(done.as_mut()).await.is_pending());
-        assert_eq!(TIME.timers_armed(), 1);
+        // The deadline is armed in the clock's alarm queue: no timer of the waiter's own.
+        assert_eq!(TIME.timers_armed(), 0);
+        assert_eq!(TIME.alarms().unwrap().armed(), 1);
         TIME.advance(Duration::from_millis(299));
         assert!(poll_once(done.as_mut()).await.is_pending());
         assert!(!ctx.is_cancelled());
@@ -92,10 +95,9 @@ fn a_task_on_an_explicit_executor_is_dropped_at_its_injected_deadline() {
             std::future::pending::<()>().await;
         },
     );
-    // Run the executor until the task has parked on its deadline timer.
-    while TIME.sleepers() == 0 {
-        assert!(ex.try_tick());
-    }
+    // Run the executor until the task has parked on its context (its deadline armed).
+    while ex.try_tick() {}
+    assert_eq!(TIME.alarms().unwrap().armed(), 1);
     assert!(!dropped.load(SeqCst));
     TIME.advance(Duration::from_secs(2));
     let err = smol::block_on(ex.run(task)).unwrap_err();
@@ -187,9 +189,12 @@ fn a_group_on_an_explicit_executor_with_injected_time() {
     for _ in 0..3 {
         group.spawn(|_| std::future::pending());
     }
-    while TIME.sleepers() < 3 {
-        assert!(ex.try_tick());
-    }
+    while ex.try_tick() {}
+    assert_eq!(
+        TIME.alarms().unwrap().armed(),
+        1,
+        "one alarm for the three waiting tasks"
+    );
     TIME.advance(Duration::from_secs(1));
     // The deadline dropped every task before it finished: not a success.
     match smol::block_on(ex.run(group.wait())) {

@@ -13,7 +13,8 @@ use super::Timer;
 use crate::time::{Clock, Instant};
 
 /// A [`Clock`] and a [`Timer`] for deterministic tests of code that waits: time moves only
-/// by [`advance`](ManualTime::advance), which wakes every sleep it completes.
+/// by [`advance`](ManualTime::advance), which wakes every sleep it completes and fires
+/// every armed deadline now due (a context waited on, or with an `on_cancel` callback).
 ///
 /// ```
 /// use core::time::Duration;
@@ -29,6 +30,8 @@ use crate::time::{Clock, Instant};
 #[derive(Debug)]
 pub struct ManualTime {
     inner: Mutex<State>,
+    /// Deadlines armed on this clock fire in `advance`, on the calling thread.
+    alarms: crate::Alarms,
 }
 
 #[derive(Debug)]
@@ -53,6 +56,7 @@ impl ManualTime {
                 next_id: 0,
                 armed: 0,
             }),
+            alarms: crate::Alarms::new(),
         }
     }
 
@@ -78,6 +82,7 @@ impl ManualTime {
             due
         };
         due.into_iter().for_each(Waker::wake);
+        self.alarms.fire_due(self.now(), None);
     }
 
     /// How many timers have been armed so far (sleeps created).
@@ -100,6 +105,10 @@ impl Default for ManualTime {
 impl Clock for ManualTime {
     fn now(&self) -> Instant {
         self.state().now
+    }
+
+    fn alarms(&self) -> Option<&crate::Alarms> {
+        Some(&self.alarms)
     }
 }
 
