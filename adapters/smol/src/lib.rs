@@ -16,7 +16,7 @@
 //!     });
 //!     let err = task.await.unwrap_err();
 //!     assert_eq!(err.reason(), Some(Error::DeadlineExceeded));
-//!     req.done().await; // one timer, only because there is a deadline
+//!     req.cancelled().await; // done at the deadline: it fires on its own
 //!     assert_eq!(req.err(), Some(Error::DeadlineExceeded));
 //! });
 //! ```
@@ -27,8 +27,9 @@
 //!
 //! Deterministic tests inject time: build the root with
 //! `Context::with_clock(&TIME)` for a `static TIME: kontext::rt::ManualTime` and pass
-//! `&TIME` as the timer ([`ContextExt::done_with`], [`SmolSpawner`] +
-//! [`rt::spawn`], [`rt::Group::with_runtime`]).
+//! `&TIME` as the timer of tasks ([`SmolSpawner`] + [`rt::spawn`],
+//! [`rt::Group::with_runtime`]); its `advance` fires the tree's deadlines, so
+//! `ctx.cancelled()` wakes at them.
 
 use core::future::Future;
 use core::pin::Pin;

@@ -16,14 +16,14 @@
 //! });
 //! let err = task.await.unwrap_err();
 //! assert_eq!(err.reason(), Some(Error::DeadlineExceeded));
-//! req.done().await; // one timer, only because there is a deadline
+//! req.cancelled().await; // done at the deadline: it fires on its own
 //! assert_eq!(req.err(), Some(Error::DeadlineExceeded));
 //! # }
 //! ```
 //!
 //! The crate root holds what a tokio service needs: the context types ([`Context`],
 //! [`Ctx`], [`CancelHandle`], [`Error`], ...), [`background()`], the runtime half of a
-//! context ([`ContextExt`]: `done`, `run`, `sleep`, `spawn`), [`Group`], [`TaskTracker`] +
+//! context ([`ContextExt`]: `spawn`, `sleep`), [`Group`], [`TaskTracker`] +
 //! [`drain`] and [`shutdown`]. Everything else of the core crate (contexts in `static` or
 //! pinned storage for embedded targets, the runtime-neutral `rt` layer, [`ManualClock`]
 //! for tests, the future types) is under [`kontext`], re-exported whole:

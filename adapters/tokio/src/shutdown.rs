@@ -13,8 +13,8 @@
 //! let (root, stop) = kontext_tokio::background().child();
 //! let (server, tracker) = TaskTracker::attach(&root);
 //! let _listener = shutdown::cancel_on_signal(stop);
-//! server.spawn(|ctx| async move { ctx.done().await /* serve until shutdown */ });
-//! root.done().await; // a signal arrived
+//! server.spawn(|ctx| async move { ctx.cancelled().await /* serve until shutdown */ });
+//! root.cancelled().await; // a signal arrived
 //! let _ = kontext_tokio::drain(&tracker, Some(Duration::from_secs(30))).await;
 //! # }
 //! ```
@@ -99,7 +99,7 @@ pub fn cancel_on_signal(handle: CancelHandle) -> tokio::task::JoinHandle<Option<
         };
         let got = tokio::select! {
             s = listener.recv() => s.ok(),
-            () = crate::ContextExt::done(&ctx) => None,
+            () = ctx.cancelled() => None,
         };
         match got {
             Some(s) => {

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kontext_tokio::{shutdown, ContextExt};
+use kontext_tokio::shutdown;
 
 const CHILD: &str = "KONTEXT_SIGNAL_TEST_CHILD";
 
@@ -24,7 +24,7 @@ fn child() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         println!("ready");
         std::io::stdout().flush().unwrap();
-        if tokio::time::timeout(Duration::from_secs(5), root.done())
+        if tokio::time::timeout(Duration::from_secs(5), root.cancelled())
             .await
             .is_err()
         {
