@@ -251,6 +251,22 @@ fn main() {
         .show(),
         "-",
     ));
+    // The deadline armed by its waiter (issue: at most one allocation per deadline node).
+    // Once first, untimed: the first deadline armed on the std clock starts its driver thread.
+    let wait_cancel = || {
+        let (ctx, handle) = black_box(&k_parent).with_timeout(Duration::from_secs(3600));
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        let mut wait = std::pin::pin!(ctx.cancelled());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        black_box(handle.cancel());
+        assert!(wait.as_mut().poll(&mut cx).is_ready());
+    };
+    wait_cancel();
+    rows.push(row(
+        "deadline child (+1 h) + waiter (armed) + cancel + drop",
+        per_op(wait_cancel).show(),
+        "-",
+    ));
     rows.push(row(
         "value child (u64) + drop",
         per_op(|| drop(black_box(&k_parent).with_value(7u64))).show(),
