@@ -1,5 +1,6 @@
-//! How the server layer computes a request's deadline, on tokio's paused clock: headers,
-//! caps, defaults, strict mode, nesting, answers given without the handler.
+//! The server layer in process, on tokio's paused clock: how it computes a deadline
+//! (headers, caps, defaults, strict mode, nesting), the answers it gives without the
+//! handler, enrichment, panics, and bodies cut at the deadline.
 
 mod common;
 
