@@ -4,7 +4,7 @@
 # kontext/tokio-util, kontext/Go) and writes it, with the machine, versions and the
 # targets of the benches issue, to benches/RESULTS.md.
 #
-#   benches/compare.sh            # full run: R=3 rounds of Go then Rust (about 15 min on 2 cores)
+#   benches/compare.sh            # full run: R=3 rounds of Go then Rust (about 17 min on 2 cores)
 #   QUICK=1 benches/compare.sh    # smoke test of the script (about 2 min); numbers are not results
 #
 # Environment:
