@@ -349,7 +349,8 @@ fn a_max_timeout_is_never_reached_even_by_a_saturated_clock() {
 /// `propagateCancel`), even when the child's own deadline has passed too.
 #[test]
 fn a_child_of_an_unobserved_expired_parent_is_born_with_the_parents_cause() {
-    let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+    static CLOCK: ManualClock = ManualClock::new();
+    let clock = &CLOCK;
     let root = Context::with_clock(clock);
     let (parent, _p) = root.with_timeout_cause(Duration::from_secs(1), Slow("parent"));
     let (through, _t) = parent.child(); // a plain child in between
@@ -368,7 +369,8 @@ fn a_child_of_an_unobserved_expired_parent_is_born_with_the_parents_cause() {
 
 #[test]
 fn a_deadline_already_past_is_done_at_creation_with_its_cause() {
-    let clock: &'static ManualClock = Box::leak(Box::new(ManualClock::new()));
+    static CLOCK: ManualClock = ManualClock::new();
+    let clock = &CLOCK;
     let root = Context::with_clock(clock);
     clock.advance(Duration::from_secs(10));
     let (parent, _p) = root.with_timeout(Duration::from_secs(60));
