@@ -2,6 +2,8 @@
 //! and observers racing a cancel walk. Every wait here is bounded, so a regression fails
 //! instead of hanging.
 
+#![cfg(feature = "std")]
+
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::{pin, Pin};
