@@ -418,3 +418,53 @@ async fn an_empty_body_dropped_unread_counts_as_complete() {
     let ctx = seen.lock().unwrap().take().unwrap();
     assert_eq!(request_end(&ctx), Some(RequestEnd::Complete));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_service_or_body_ends_the_context_with_failed() {
+    #[derive(Debug)]
+    struct Broken;
+    impl std::fmt::Display for Broken {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("broken")
+        }
+    }
+    impl std::error::Error for Broken {}
+
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let s = seen.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service_fn(move |req: Request<Full<Bytes>>| {
+            *s.lock().unwrap() = Some(context(&req).unwrap().clone());
+            async { Err::<Response<Full<Bytes>>, _>(Broken) }
+        });
+    assert!(svc
+        .oneshot(Request::new(Full::new(Bytes::new())))
+        .await
+        .is_err());
+    let ctx = seen.lock().unwrap().take().unwrap();
+    assert_eq!(request_end(&ctx), Some(RequestEnd::Failed));
+
+    // A body that fails half way.
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let s = seen.clone();
+    let svc = ServiceBuilder::new()
+        .layer(layer())
+        .service_fn(move |req: Request<Full<Bytes>>| {
+            *s.lock().unwrap() = Some(context(&req).unwrap().clone());
+            async {
+                let frames: Vec<Result<Frame<Bytes>, Broken>> =
+                    vec![Ok(Frame::data(Bytes::from_static(b"half"))), Err(Broken)];
+                Ok::<_, Infallible>(Response::new(StreamBody::new(tokio_stream::iter(frames))))
+            }
+        });
+    let res = svc
+        .oneshot(Request::new(Full::new(Bytes::new())))
+        .await
+        .unwrap();
+    let err = res.into_body().collect().await.unwrap_err();
+    assert_eq!(err.to_string(), "broken");
+    let ctx = seen.lock().unwrap().take().unwrap();
+    assert_eq!(request_end(&ctx), Some(RequestEnd::Failed));
+}
