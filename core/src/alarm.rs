@@ -88,6 +88,12 @@ struct Inner {
     tail: *mut DeadlineNode,
     /// The driver, to wake when the earliest deadline moves earlier.
     driver: Option<Waker>,
+    /// When the registered driver calls `fire_due` again by itself (the head's deadline
+    /// when it registered; `u64::MAX`: not before it is woken). A new head no earlier than
+    /// this needs no wake (as Go's `wakeNetPoller` only interrupts a poller that would
+    /// sleep past the new timer): a server arming one request deadline after another
+    /// does not wake the driver each time.
+    driver_until: u64,
 }
 
 // SAFETY: the raw pointers are only followed under `lock`, and point at armed nodes, which
@@ -147,6 +153,7 @@ impl Alarms {
                 head: ptr::null_mut(),
                 tail: ptr::null_mut(),
                 driver: None,
+                driver_until: u64::MAX,
             }),
         }
     }
@@ -160,6 +167,7 @@ impl Alarms {
                 head: ptr::null_mut(),
                 tail: ptr::null_mut(),
                 driver: None,
+                driver_until: u64::MAX,
             }),
         }
     }
@@ -203,6 +211,11 @@ impl Alarms {
                 if head.is_null() || tree::deadline_of(head) > now.as_nanos() {
                     if let Some(w) = fresh.take() {
                         fresh = i.driver.replace(w); // the old one is dropped after unlocking
+                        i.driver_until = if head.is_null() {
+                            u64::MAX
+                        } else {
+                            tree::deadline_of(head)
+                        };
                     }
                     return Err(
                         (!head.is_null()).then(|| Instant::from_nanos(tree::deadline_of(head)))
@@ -360,7 +373,15 @@ pub(crate) unsafe fn arm(n: NonNull<DeadlineNode>, q: &'static Alarms) {
     let (head, wake) = q.inner.with_mut(|i| unsafe {
         let i = &mut *i;
         let head = link(i, n.as_ptr());
-        (head, if head { i.driver.take() } else { None })
+        let at = tree::deadline_of(n.as_ptr());
+        // Wake the driver only if it would otherwise sleep past the new head.
+        let wake = if head && at < i.driver_until {
+            i.driver_until = at;
+            i.driver.take()
+        } else {
+            None
+        };
+        (head, wake)
     });
     // Release: a lock-free reader that sees `ARMED` (a cancel's `disarm`) also sees `queue`.
     e.state.store(ARMED, Release);

@@ -243,3 +243,34 @@ fn a_parents_cancel_disarms_the_deadlines_below_it() {
     assert_eq!(armed(clock), 0, "the walk disarmed both");
     assert_eq!(inner.err(), Some(Error::Cancelled));
 }
+
+/// The driver is woken only when a new deadline is earlier than the instant it already
+/// sleeps until (a server arming one request deadline after another wakes it once).
+#[test]
+fn the_driver_is_woken_only_for_an_earlier_deadline() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let q = CLOCK.alarms().unwrap();
+    let (driver, waker) = counting();
+    let register = || q.fire_due(CLOCK.now(), Some(&waker));
+    assert_eq!(
+        register(),
+        None,
+        "nothing armed: the driver sleeps until woken"
+    );
+    let root = Context::with_clock(&CLOCK);
+    let arm = |secs| {
+        let (ctx, cancel) = root.with_timeout(Duration::from_secs(secs));
+        let _cb = ctx.on_cancel(|| {});
+        (ctx, cancel)
+    };
+    let ten = arm(10);
+    assert_eq!(driver.0.load(SeqCst), 1, "the first deadline wakes it");
+    assert_eq!(register(), ten.0.deadline(), "it now sleeps until 10 s");
+    let _twenty = arm(20);
+    drop(ten); // disarmed: the driver still wakes at 10 s, and finds 20 s then
+    let _fifteen = arm(15);
+    assert_eq!(driver.0.load(SeqCst), 1, "later than 10 s: no wake");
+    let five = arm(5);
+    assert_eq!(driver.0.load(SeqCst), 2, "earlier than 10 s: woken");
+    assert_eq!(register(), five.0.deadline());
+}
