@@ -829,7 +829,7 @@ impl CancelHandle {
         if self.node().header().is_done() {
             return false;
         }
-        tree::cancel(self.node, tree::cancel_state(Error::Cancelled, None))
+        tree::cancel(self.node, tree::reason_state(Error::Cancelled))
     }
 
     /// Cancels with a cause that [`Context::cause`] reports here and in every descendant
@@ -841,10 +841,7 @@ impl CancelHandle {
         if self.node().header().is_done() {
             return false; // don't allocate a record that would lose anyway
         }
-        tree::cancel(
-            self.node,
-            tree::cancel_state(Error::Cancelled, Some(Box::new(cause))),
-        )
+        tree::cancel(self.node, tree::cause_record(Error::Cancelled, cause))
     }
 
     /// Whether the context is done.

@@ -320,8 +320,9 @@ impl<const N: usize> fmt::Debug for CancelNode<'_, N> {
 /// for `N` live children. The deadline is measured on the tree's clock (its root is a
 /// [`ClockRoot`], or a heap root made by [`Context::with_clock`](crate::Context::with_clock)).
 ///
-/// As everywhere in kontext, no timer is armed: the deadline is noticed by whoever checks
-/// or waits (a runtime adapter's waiting arms one timer per waiting task).
+/// Nothing is armed until something waits on it or registers a callback; then the node
+/// itself goes into its clock's alarm queue (its entry is part of this storage: no
+/// allocation), and is taken out again when the node is cancelled or dropped.
 pub struct DeadlineNode<'p, const N: usize = 4> {
     core: Core<tree::DeadlineNode, N>,
     _parent: Invariant<'p>,

@@ -1,8 +1,9 @@
 //! Time as the core sees it: monotonic [`Instant`]s read from a [`Clock`].
 //!
-//! The core never arms a timer. A deadline is a number compared with `clock.now()` when
-//! somebody looks (`is_cancelled`, `err`, polling a wait): expiry is observed lazily, and
-//! the runtime adapters arm one timer only for a task that actually waits.
+//! A deadline is a number compared with `clock.now()` when somebody looks (`is_cancelled`,
+//! `err`): a deadline nobody waits on costs nothing more. One that a task waits on or a
+//! callback depends on is armed in its clock's alarm queue ([`Clock::alarms`], `alarm.rs`),
+//! whose driver fires it on time.
 //!
 //! # Invariants
 //! 1. An [`Instant`] is a count of nanoseconds on one clock's timeline; instants from

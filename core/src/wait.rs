@@ -423,9 +423,11 @@ impl Drop for Waiter {
 ///
 /// Waiting allocates nothing: the future links a node pinned inside itself into the
 /// context's wait list (a word of the context's node until it has a table, with the lock
-/// taken from a small static set). Cancel wakes every waiter exactly once. A deadline is
-/// noticed at each poll; the core arms no timer, so to wake *at* a deadline use a runtime
-/// adapter (or poll again).
+/// taken from a small static set). Cancel wakes every waiter exactly once. The first poll
+/// arms the context's deadline in its clock's alarm queue (once per deadline node), so
+/// the waiter is woken *at* the deadline: on `std`'s clock, tokio's and a `ManualClock`,
+/// and on embassy's once `kontext_embassy::run_deadlines` runs. On a clock without an
+/// alarm queue, a deadline is noticed at each poll.
 #[must_use = "futures do nothing unless polled"]
 #[derive(Debug)]
 pub struct Cancelled<'a> {

@@ -1452,13 +1452,13 @@ fn go_allocs() {
     assert_eq!(n, 2, "first on_cancel of a context: entry + slot table");
     assert!(stop2.stop());
 
-    // Cancel with a cause: the boxed cause and the record that holds it.
+    // Cancel with a cause: one record holding the cause itself (child + cancel: 2).
     let ((cc, ch), _) = allocs(|| parent.child());
     let (_, n) = allocs(|| assert!(ch.cancel_with_cause(Because("why"))));
-    assert_eq!(n, 2, "cancel_with_cause: boxed cause + record");
+    assert_eq!(n, 1, "cancel_with_cause: the record, with the cause inside");
     let ((cz, chz), _) = allocs(|| parent.child());
     let (_, n) = allocs(|| assert!(chz.cancel_with_cause(fmt::Error)));
-    assert_eq!(n, 1, "cancel_with_cause of a zero-sized cause: record only");
+    assert_eq!(n, 1, "cancel_with_cause of a zero-sized cause: the record");
 
     // Observers: 0.
     let (_, n) = allocs(|| {

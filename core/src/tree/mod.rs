@@ -183,9 +183,49 @@ const CB_PENDING: usize = 0;
 const CB_RUN: usize = 1;
 const CB_STOPPED: usize = 2;
 
+/// A cancel's reason and cause, in one allocation with the cause itself (`TypedRecord`):
+/// a custom cause costs one allocation, not a box plus a record.
+#[repr(C)]
 pub(crate) struct CauseRecord {
     reason: Error,
-    cause: OwnedCause,
+    /// The cause, inside the same allocation; set once, before the record is published.
+    cause: *const Cause,
+    /// Frees the whole allocation as the `TypedRecord<E>` it is.
+    #[cfg(feature = "alloc")]
+    free: unsafe fn(*mut CauseRecord),
+}
+
+#[cfg(feature = "alloc")]
+#[repr(C)]
+struct TypedRecord<E> {
+    head: CauseRecord,
+    error: E,
+}
+
+/// A record holding `error` as the cause of a cancel with `reason`.
+#[cfg(feature = "alloc")]
+pub(crate) fn cause_record<E>(reason: Error, error: E) -> *mut CauseRecord
+where
+    E: core::error::Error + Send + Sync + 'static,
+{
+    unsafe fn free<E>(r: *mut CauseRecord) {
+        // SAFETY: `r` came from `Box::into_raw` of a `TypedRecord<E>` (`head` first, repr(C)).
+        drop(unsafe { Box::from_raw(r.cast::<TypedRecord<E>>()) });
+    }
+    let p = Box::into_raw(Box::new(TypedRecord {
+        head: CauseRecord {
+            reason,
+            cause: ptr::null::<Error>() as *const Cause,
+            free: free::<E>,
+        },
+        error,
+    }));
+    // SAFETY: `p` is ours, unshared; the cause points into the same allocation, which it
+    // lives and dies with.
+    unsafe {
+        (*p).head.cause = ptr::addr_of!((*p).error) as *const Cause;
+    }
+    p.cast()
 }
 
 /// A cause a node owns: boxed with `alloc`; without it, only `'static` causes exist.
@@ -209,8 +249,10 @@ fn cause_ref(c: &OwnedCause) -> &Cause {
 /// `st` is a record (`is_record`) owned by the caller.
 unsafe fn drop_record(st: *mut CauseRecord) {
     #[cfg(feature = "alloc")]
-    // SAFETY: records are only made by `cancel_state`, with `Box::into_raw`.
-    drop(unsafe { Box::from_raw(st) });
+    // SAFETY: records are only made by `cause_record`, which stores their `free`.
+    unsafe {
+        ((*st).free)(st)
+    };
     #[cfg(not(feature = "alloc"))]
     {
         let _ = st;

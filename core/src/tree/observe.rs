@@ -222,7 +222,8 @@ pub(super) fn resolve<'a>(
                 // SAFETY: a record pointer stays valid while its node lives (freed in
                 // `free`), and `n` is alive (invariant 2).
                 let rec = unsafe { &*st };
-                return (rec.reason, cause_ref(&rec.cause));
+                // SAFETY: the cause lives in the record's allocation (see `cause_record`).
+                return (rec.reason, unsafe { &*rec.cause });
             }
         }
     }

@@ -2,15 +2,6 @@
 
 use super::*;
 
-/// Builds the state a cancel with this reason and cause stores.
-#[cfg(feature = "alloc")]
-pub(crate) fn cancel_state(reason: Error, cause: Option<Box<Cause>>) -> *mut CauseRecord {
-    match cause {
-        Some(cause) => Box::into_raw(Box::new(CauseRecord { reason, cause })),
-        None => reason_state(reason),
-    }
-}
-
 /// The state of a context cancelled by dropping its armed handle.
 pub(crate) fn dropped_state() -> *mut CauseRecord {
     sentinel(DROPPED)
