@@ -7,7 +7,7 @@
 //! until all have woken (a `WaitGroup`), reported per child.
 //!
 //! Here, per iteration (untimed): a fresh root, N children, N tasks each awaiting its own
-//! child (kontext: the runtime adapter's `ctx.done()`, what a user of that runtime writes;
+//! child (kontext: the runtime adapter's `ctx.cancelled()`, what a user of that runtime writes;
 //! tokio-util: `token.cancelled()`), and a wait until every task has polled its wait once
 //! (registered). Timed: a canceller task on the runtime records the start and cancels the
 //! root; the last task to wake records the end. So the timed region is the cancel walk plus
@@ -57,8 +57,7 @@ impl Runtime for Tokio {
         drop(self.0.spawn(f));
     }
     fn kontext_done(ctx: &Context) -> impl Future<Output = ()> + Send + '_ {
-        use kontext_tokio::ContextExt;
-        ctx.done()
+        ctx.cancelled()
     }
 }
 
@@ -103,8 +102,7 @@ impl Runtime for Smol {
         self.ex.spawn(f).detach();
     }
     fn kontext_done(ctx: &Context) -> impl Future<Output = ()> + Send + '_ {
-        use kontext_smol::ContextExt;
-        ctx.done()
+        ctx.cancelled()
     }
 }
 

@@ -147,16 +147,25 @@ impl<T> Drop for SmolHandle<T> {
 
 /// The runtime half of [`Context`] on smol.
 pub trait ContextExt {
-    /// Completes when the context is done, waking at its deadline (one `async-io` timer,
-    /// only if it has one). Go's `<-ctx.Done()`.
+    /// Completes when the context is done. The same as the core's
+    /// [`cancelled()`](kontext::Ctx::cancelled), which wakes at the deadline by itself now.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `ctx.cancelled()`: deadlines fire on time by themselves"
+    )]
     fn done(&self) -> Done<'_>;
 
-    /// [`done`](ContextExt::done) with another timer (e.g. a
-    /// [`ManualTime`](kontext::rt::ManualTime) in tests).
+    /// Waits with `timer` for the deadline of a tree whose clock has no alarm queue (a
+    /// custom [`Clock`]); on any other tree the same as
+    /// [`cancelled()`](kontext::Ctx::cancelled).
     fn done_with<T: rt::Timer>(&self, timer: T) -> rt::Done<'_, T>;
 
-    /// Runs `future` until it completes (`Ok`) or the context is done, at the latest at
-    /// its deadline (`Err(reason)`); the future is then no longer polled.
+    /// Runs `future` until it completes or the context is done. The same as the core's
+    /// [`run_until_cancelled`](kontext::Ctx::run_until_cancelled).
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `ctx.run_until_cancelled(future)`: deadlines fire on time by themselves"
+    )]
     fn run<F: Future>(&self, future: F) -> Run<'_, F>;
 
     /// Spawns on smol's global executor a task bound to a fresh child of this context:
@@ -213,7 +222,7 @@ impl ContextExt for Context {
     }
 
     fn sleep(&self, duration: Duration) -> Run<'_, SmolSleep> {
-        self.run(rt::Timer::sleep(&SmolTimer, duration))
+        rt::Run::new(self, SmolTimer, rt::Timer::sleep(&SmolTimer, duration))
     }
 }
 

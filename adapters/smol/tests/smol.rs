@@ -134,7 +134,7 @@ fn group_first_error_cancels_the_workers_and_wait_returns_it() {
             let guard = DropGuard(d.clone());
             group.spawn(move |ctx| async move {
                 let _g = guard;
-                ctx.done().await;
+                ctx.cancelled().await;
                 let _ = i;
                 Ok(())
             });
@@ -221,7 +221,7 @@ fn nothing_is_leaked_after_a_group_ends() {
         group.spawn(move |ctx| async move {
             assert!(ctx.value::<Arc<()>>().is_some());
             // A sub-task under the task's context, released with it.
-            drop(ctx.spawn_on(&ex, |ctx| async move { ctx.done().await }));
+            drop(ctx.spawn_on(&ex, |ctx| async move { ctx.cancelled().await }));
             smol::future::yield_now().await;
             if i == 5 {
                 Err(Failed(i))
@@ -247,7 +247,7 @@ fn drain_after_cancel() {
         let (server, stop) = kontext_smol::background().child();
         let (tracked, tracker) = TaskTracker::attach(&server);
         for _ in 0..8 {
-            drop(tracked.spawn(|ctx| async move { ctx.done().await }));
+            drop(tracked.spawn(|ctx| async move { ctx.cancelled().await }));
         }
         assert_eq!(tracker.len(), 8);
         stop.cancel();
@@ -262,7 +262,7 @@ fn drain_after_cancel() {
 fn run_and_sleep_stop_at_cancel() {
     smol::block_on(async {
         let (ctx, h) = kontext_smol::background().child();
-        assert_eq!(ctx.run(async { 1 }).await, Ok(1));
+        assert_eq!(ctx.run_until_cancelled(async { 1 }).await, Ok(1));
         h.cancel();
         assert_eq!(
             ctx.sleep(Duration::from_secs(3600)).await,

@@ -213,12 +213,20 @@ impl<T> Future for TokioHandle<T> {
 
 /// The runtime half of [`Context`] on tokio.
 pub trait ContextExt {
-    /// Completes when the context is done, waking at its deadline (one tokio timer, only
-    /// if it has one). Go's `<-ctx.Done()`.
+    /// Completes when the context is done. The same as the core's
+    /// [`cancelled()`](Ctx::cancelled), which wakes at the deadline by itself now.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `ctx.cancelled()`: deadlines fire on time by themselves"
+    )]
     fn done(&self) -> Done<'_>;
 
-    /// Runs `future` until it completes (`Ok`) or the context is done, at the latest at
-    /// its deadline (`Err(reason)`); the future is then no longer polled.
+    /// Runs `future` until it completes or the context is done. The same as the core's
+    /// [`run_until_cancelled`](Ctx::run_until_cancelled).
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `ctx.run_until_cancelled(future)`: deadlines fire on time by themselves"
+    )]
     fn run<F: Future>(&self, future: F) -> Run<'_, F>;
 
     /// Spawns a task bound to a fresh child of this context: the future is dropped as
@@ -271,7 +279,7 @@ impl ContextExt for Context {
     }
 
     fn sleep(&self, duration: Duration) -> Run<'_, tokio::time::Sleep> {
-        self.run(tokio::time::sleep(duration))
+        rt::Run::new(self, TokioTimer, tokio::time::sleep(duration))
     }
 }
 

@@ -51,7 +51,7 @@ async fn done_wakes_exactly_at_the_deadline_in_paused_time() {
     let start = Instant::now();
     let (ctx, _h) = root.with_timeout(Duration::from_millis(250));
     assert!(!ctx.is_cancelled());
-    ctx.done().await;
+    ctx.cancelled().await;
     assert_eq!(start.elapsed(), Duration::from_millis(250));
     assert_eq!(ctx.err(), Some(Error::DeadlineExceeded));
 }
@@ -62,12 +62,14 @@ async fn an_inherited_earlier_deadline_wakes_the_child() {
     let start = Instant::now();
     let (outer, _h1) = root.with_timeout(Duration::from_millis(100));
     let (inner, _h2) = outer.with_timeout(Duration::from_secs(10));
-    inner.done().await;
+    inner.cancelled().await;
     assert_eq!(start.elapsed(), Duration::from_millis(100));
     assert_eq!(inner.err(), Some(Error::DeadlineExceeded));
 }
 
+/// The deprecated `done()` (kept for existing code) arms no timer of its own either.
 #[tokio::test(start_paused = true)]
+#[allow(deprecated)]
 async fn no_timer_is_armed_without_a_deadline() {
     let root = kontext_tokio::background();
     let (plain, h) = root.child();
@@ -101,7 +103,7 @@ async fn run_stops_the_future_at_the_deadline() {
     let guard = DropGuard(dropped.clone());
     let start = Instant::now();
     let res = ctx
-        .run(async move {
+        .run_until_cancelled(async move {
             let _g = guard;
             tokio::time::sleep(Duration::from_secs(5)).await;
             "finished"
@@ -120,7 +122,7 @@ async fn run_stops_the_future_at_the_deadline() {
 async fn run_returns_the_output_when_it_finishes_first() {
     let root = kontext_tokio::background();
     let (ctx, _h) = root.with_timeout(Duration::from_secs(1));
-    assert_eq!(ctx.run(async { 7 }).await, Ok(7));
+    assert_eq!(ctx.run_until_cancelled(async { 7 }).await, Ok(7));
     assert_eq!(ctx.sleep(Duration::from_millis(10)).await, Ok(()));
     assert!(!ctx.is_cancelled());
 }
@@ -192,7 +194,7 @@ async fn a_finished_task_cancels_its_child_and_so_its_subtasks() {
 async fn the_join_handle_cancels_its_task_with_a_cause() {
     let root = kontext_tokio::background();
     let task = root.spawn(|ctx| async move {
-        ctx.done().await;
+        ctx.cancelled().await;
         unreachable!("dropped before it can see its own cancel");
     });
     assert!(task.cancel_with_cause(Failed("stop")));
@@ -248,7 +250,7 @@ async fn group_first_error_cancels_siblings_and_wait_returns_it() {
         let guard = DropGuard(d.clone());
         group.spawn(move |ctx| async move {
             let _g = guard;
-            ctx.done().await;
+            ctx.cancelled().await;
             Ok(())
         });
     }
@@ -338,7 +340,7 @@ async fn a_panicking_group_task_cancels_the_group_and_wait_resumes_it() {
     let guard = DropGuard(sibling.clone());
     group.spawn(move |ctx| async move {
         let _g = guard;
-        ctx.done().await;
+        ctx.cancelled().await;
         Ok(())
     });
     group.spawn(|_| async { panic!("group task panic") });
@@ -360,7 +362,7 @@ async fn dropping_a_group_cancels_its_tasks() {
     let guard = DropGuard(dropped.clone());
     let task = group.spawn(move |ctx| async move {
         let _g = guard;
-        ctx.done().await;
+        ctx.cancelled().await;
         Ok(())
     });
     drop(group);
@@ -411,7 +413,7 @@ async fn drain_waits_for_cancelled_tasks_and_times_out_on_stragglers() {
     let (server, stop) = root.child();
     let (tracked, tracker) = TaskTracker::attach(&server);
     for _ in 0..4 {
-        drop(tracked.spawn(|ctx| async move { ctx.done().await }));
+        drop(tracked.spawn(|ctx| async move { ctx.cancelled().await }));
     }
     // A straggler: spawned under a detached context, which keeps the tracker value but
     // not the server's cancellation.
@@ -435,7 +437,7 @@ async fn works_inside_select() {
     let root = kontext_tokio::background();
     let (ctx, _h) = root.with_timeout(Duration::from_millis(20));
     let winner = tokio::select! {
-        () = ctx.done() => "context",
+        () = ctx.cancelled() => "context",
         () = tokio::time::sleep(Duration::from_secs(1)) => "sleep",
     };
     assert_eq!(winner, "context");
@@ -456,7 +458,11 @@ async fn fan_out_on_a_multi_thread_runtime() {
             tracked.spawn(move |ctx| async move {
                 started.wait().await;
                 // Observed inside `run`, which the task's own binding races.
-                if ctx.run(std::future::pending::<()>()).await.is_err() {
+                if ctx
+                    .run_until_cancelled(std::future::pending::<()>())
+                    .await
+                    .is_err()
+                {
                     saw.fetch_add(1, SeqCst);
                 }
             })

@@ -123,7 +123,7 @@ async fn work(
     let request = ctx.clone();
     // Dropping the join handle detaches the job.
     drop(app.jobs.spawn(move |job| async move {
-        if job.run(request.done()).await.is_ok()
+        if job.run_until_cancelled(request.cancelled()).await.is_ok()
             && job.sleep(Duration::from_millis(20)).await.is_ok()
         {
             let how = request.cause().map(|c| c.to_string()).unwrap_or_default();

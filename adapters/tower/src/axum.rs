@@ -20,7 +20,7 @@ use kontext::Context;
 /// use kontext_tower::{ContextLayer, RequestContext};
 ///
 /// async fn handler(RequestContext(ctx): RequestContext) -> &'static str {
-///     match ctx.run(async { "done" }).await {
+///     match ctx.run_until_cancelled(async { "done" }).await {
 ///         Ok(answer) => answer,
 ///         Err(_) => "request ended",
 ///     }

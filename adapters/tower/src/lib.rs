@@ -28,7 +28,7 @@
 //!     .service_fn(|req: Request<String>| async move {
 //!         let ctx = context(&req).unwrap().clone();
 //!         // Work bounded by the request: ends when the client goes away or at the deadline.
-//!         let answer = ctx.run(async { "hello" }).await;
+//!         let answer = ctx.run_until_cancelled(async { "hello" }).await;
 //!         Ok::<_, Infallible>(Response::new(answer.unwrap_or("too late").to_string()))
 //!     });
 //! let res = svc.oneshot(Request::new(String::new())).await.unwrap();

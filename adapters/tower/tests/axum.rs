@@ -63,7 +63,7 @@ async fn the_extractor_gives_handlers_the_request_context() {
     assert_eq!(status, StatusCode::OK);
     assert!(body.starts_with("ok"), "{body}");
     let ctx = rx.recv().await.unwrap();
-    bounded("the context to end", ctx.done()).await;
+    bounded("the context to end", ctx.cancelled()).await;
     assert_eq!(request_end(&ctx), Some(RequestEnd::Complete));
     assert_eq!(
         get_text(addr, "/optional").await,

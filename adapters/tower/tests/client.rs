@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, Request, Response};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use kontext::Context;
-use kontext_tokio::{ContextExt, TokioTimer};
+use kontext_tokio::TokioTimer;
 use kontext_tower::client::Error;
 use kontext_tower::{context, grpc_timeout, ContextLayer, PropagateLayer, RequestEnd};
 use tokio::sync::mpsc;
@@ -191,7 +191,7 @@ async fn cancelling_the_context_drops_the_call_and_the_server_sees_its_client_go
         matches!(err, Error::Done(ref d) if d.reason() == kontext::Error::Cancelled),
         "{err:?}"
     );
-    bounded("the server context", server_ctx.done()).await;
+    bounded("the server context", server_ctx.cancelled()).await;
     assert_eq!(request_end(&server_ctx), Some(RequestEnd::ClientGone));
 
     // A deadline during the call: DeadlineExceeded with the context's cause.
@@ -218,7 +218,7 @@ async fn cancelling_the_context_drops_the_call_and_the_server_sees_its_client_go
         "context deadline exceeded: the caller's budget"
     );
     let server_ctx = bounded("the server handler", rx.recv()).await.unwrap();
-    bounded("the server context", server_ctx.done()).await;
+    bounded("the server context", server_ctx.cancelled()).await;
     assert_eq!(request_end(&server_ctx), Some(RequestEnd::ClientGone));
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -264,6 +264,6 @@ async fn a_context_ending_mid_body_cuts_the_response_body() {
     assert_eq!(done.reason(), kontext::Error::Cancelled);
     assert!(bounded("the end", body.frame()).await.is_none());
     drop(body);
-    bounded("the server context", server_ctx.done()).await;
+    bounded("the server context", server_ctx.cancelled()).await;
     assert_eq!(request_end(&server_ctx), Some(RequestEnd::ClientGone));
 }

@@ -14,7 +14,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use kontext::Context;
-use kontext_tokio::{ContextExt, TokioTimer};
+use kontext_tokio::TokioTimer;
 use kontext_tower::client::Error;
 use kontext_tower::{context, ContextLayer, RequestBuilderExt, RequestEnd};
 use tokio::sync::mpsc;
@@ -83,7 +83,7 @@ async fn the_context_deadline_wins_over_the_client_timeout_and_is_reported_as_su
         "context deadline exceeded: the job's budget"
     );
     let server_ctx = bounded("the server", seen.recv()).await.unwrap();
-    bounded("the server context", server_ctx.done()).await;
+    bounded("the server context", server_ctx.cancelled()).await;
     assert_eq!(request_end(&server_ctx), Some(RequestEnd::ClientGone));
 }
 
@@ -104,7 +104,7 @@ async fn cancelling_the_context_mid_request_makes_the_server_see_its_client_go()
         matches!(err, Error::Done(ref d) if d.reason() == kontext::Error::Cancelled),
         "{err:?}"
     );
-    bounded("the server context", server_ctx.done()).await;
+    bounded("the server context", server_ctx.cancelled()).await;
     assert_eq!(request_end(&server_ctx), Some(RequestEnd::ClientGone));
 }
 

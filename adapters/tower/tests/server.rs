@@ -13,7 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::{Frame, Incoming};
 use kontext::Context;
-use kontext_tokio::{ContextExt, TokioTimer};
+use kontext_tokio::TokioTimer;
 use kontext_tower::{context, ContextLayer, DeadlineSource, RequestDeadline, RequestEnd};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -55,7 +55,7 @@ async fn http2_client_dropping_its_request_ends_the_context_with_client_gone() {
     let ctx = bounded("the handler", rx.recv()).await.unwrap();
     assert!(!ctx.is_cancelled());
     call.abort(); // drops the request future: hyper's h2 client resets the stream
-    bounded("the context to end", ctx.done()).await;
+    bounded("the context to end", ctx.cancelled()).await;
     assert_eq!(request_end(&ctx), Some(RequestEnd::ClientGone));
     assert_eq!(ctx.err(), Some(kontext::Error::Cancelled));
 }
@@ -71,7 +71,7 @@ async fn http1_socket_closed_mid_handler_ends_the_context_with_client_gone() {
         .unwrap();
     let ctx = bounded("the handler", rx.recv()).await.unwrap();
     drop(stream);
-    bounded("the context to end", ctx.done()).await;
+    bounded("the context to end", ctx.cancelled()).await;
     assert_eq!(request_end(&ctx), Some(RequestEnd::ClientGone));
 }
 
@@ -106,14 +106,14 @@ async fn http1_post_with_unread_body_is_not_noticed_until_the_body_is_read() {
     let (ctx, go) = bounded("the handler", rx.recv()).await.unwrap();
     drop(stream);
     // Not noticed: the context outlives the connection while the body is unread.
-    let noticed = tokio::time::timeout(Duration::from_millis(300), ctx.done()).await;
+    let noticed = tokio::time::timeout(Duration::from_millis(300), ctx.cancelled()).await;
     assert!(
         noticed.is_err(),
         "hyper noticed the close of an HTTP/1 connection with an unread body"
     );
     assert!(!ctx.is_cancelled());
     go.send(()).unwrap();
-    bounded("the context to end once the body is read", ctx.done()).await;
+    bounded("the context to end once the body is read", ctx.cancelled()).await;
     assert_eq!(
         *read_result.lock().unwrap(),
         Some(false),
@@ -167,7 +167,7 @@ async fn streaming_body_dropped_after_three_chunks_ends_the_context_during_the_b
         assert!(!ctx.is_cancelled(), "context ended before the body did");
     }
     drop(body); // the client resets the stream mid-body
-    bounded("the context to end", ctx.done()).await;
+    bounded("the context to end", ctx.cancelled()).await;
     assert_eq!(request_end(&ctx), Some(RequestEnd::ClientGone));
     let sent = produced.load(Ordering::SeqCst);
     assert!((3..100).contains(&sent), "{sent} chunks were produced");
@@ -205,7 +205,7 @@ async fn normal_get_ends_the_context_with_complete() {
         let body = bounded("the body", body).await.unwrap().to_bytes();
         assert_eq!(&body[..], b"hello");
         let ctx = bounded("the handler", rx.recv()).await.unwrap();
-        bounded("the context to end", ctx.done()).await;
+        bounded("the context to end", ctx.cancelled()).await;
         assert_eq!(request_end(&ctx), Some(RequestEnd::Complete));
     }
 }
@@ -303,7 +303,7 @@ async fn a_101_upgrade_hands_the_context_to_the_upgraded_connection() {
                 tx.send(ctx.clone()).unwrap();
                 let mut io = hyper_util::rt::TokioIo::new(upgraded);
                 let mut buf = [0u8; 16];
-                let _ = ctx.run(io.read(&mut buf)).await;
+                let _ = ctx.run_until_cancelled(io.read(&mut buf)).await;
             });
             async {
                 let res = Response::builder()
@@ -338,13 +338,13 @@ async fn a_101_upgrade_hands_the_context_to_the_upgraded_connection() {
     );
     let ctx = bounded("the upgraded connection", rx.recv()).await.unwrap();
     // The 101's empty body has ended; the context lives on with the connection.
-    let ended = tokio::time::timeout(Duration::from_millis(200), ctx.done()).await;
+    let ended = tokio::time::timeout(Duration::from_millis(200), ctx.cancelled()).await;
     assert!(
         ended.is_err(),
         "the context ended with the 101 response: {:?}",
         ctx.cause()
     );
     shutdown.cancel_with_cause(kontext_tower::ServerShutdown);
-    bounded("the context to end at shutdown", ctx.done()).await;
+    bounded("the context to end at shutdown", ctx.cancelled()).await;
     assert!(ctx.cause().unwrap().is::<kontext_tower::ServerShutdown>());
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use grpc::*;
 use kontext::Context;
-use kontext_tokio::{ContextExt, TokioTimer};
+use kontext_tokio::TokioTimer;
 use kontext_tower::{
     ContextLayer, DeadlineSource, RequestDeadline, ServerShutdown, TonicRequestExt,
 };
@@ -31,7 +31,7 @@ fn waits_for_its_context(seen: mpsc::UnboundedSender<Context>) -> Echo {
         let ctx = req.context().expect("ContextLayer ran").clone();
         seen.send(ctx.clone()).unwrap();
         async move {
-            ctx.done().await;
+            ctx.cancelled().await;
             Err(kontext_tower::status(&ctx).unwrap())
         }
     })
@@ -58,7 +58,7 @@ async fn the_handler_sees_the_clients_set_timeout_deadline_and_its_cause() {
         left <= Duration::from_millis(300) && !left.is_zero(),
         "{left:?}"
     );
-    bounded("the deadline", ctx.done()).await;
+    bounded("the deadline", ctx.cancelled()).await;
     assert_eq!(ctx.err(), Some(kontext::Error::DeadlineExceeded));
     assert_eq!(deadline_of(&ctx).source(), &DeadlineSource::GrpcTimeout);
     let err = bounded("the client", call).await.unwrap().unwrap_err();
@@ -82,7 +82,7 @@ async fn the_server_cap_wins_when_smaller_and_the_client_gets_deadline_exceeded(
     req.set_timeout(Duration::from_secs(3));
     let call = tokio::spawn(call(channel(addr).await, req));
     let ctx = bounded("the handler", rx.recv()).await.unwrap();
-    bounded("the deadline", ctx.done()).await;
+    bounded("the deadline", ctx.cancelled()).await;
     let cause = deadline_of(&ctx);
     assert_eq!(cause.source(), &DeadlineSource::ServerMax);
     assert_eq!(cause.timeout(), Duration::from_millis(100));
@@ -202,7 +202,7 @@ async fn stream_cancelled_by_context(layered: bool) {
             let first = stream.message().await;
             assert!(matches!(first, Ok(Some(_))), "{first:?}");
             tx.send(ctx.clone()).unwrap(); // the stream is open and flowing
-            ctx.done().await; // only the end of the request ends this handler
+            ctx.cancelled().await; // only the end of the request ends this handler
             Ok(tonic::Response::new(Msg::default()))
         }
     });
@@ -225,7 +225,7 @@ async fn stream_cancelled_by_context(layered: bool) {
     cancel.cancel();
     let res = bounded("the call", call).await.unwrap();
     assert!(res.is_err(), "{res:?}");
-    bounded("the server's context to end", server_ctx.done()).await;
+    bounded("the server's context to end", server_ctx.cancelled()).await;
     assert_eq!(
         request_end(&server_ctx),
         Some(kontext_tower::RequestEnd::ClientGone)

@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::*;
 use grpc::*;
 use kontext::Context;
-use kontext_tokio::{ContextExt, TokioTimer};
+use kontext_tokio::TokioTimer;
 use kontext_tower::{grpc_timeout, ContextLayer, PropagateLayer, RequestEnd, TonicRequestExt};
 use tokio::sync::mpsc;
 use tonic::Code;
@@ -41,7 +41,7 @@ async fn service_b(seen: mpsc::UnboundedSender<Seen>) -> SocketAddr {
             seen.send((req.get_ref().text.clone(), ctx.clone(), timeout))
                 .unwrap();
             async move {
-                ctx.done().await;
+                ctx.cancelled().await;
                 Err(kontext_tower::status(&ctx).unwrap())
             }
         }),
@@ -103,7 +103,7 @@ async fn the_callers_deadline_crosses_both_hops_and_it_gets_deadline_exceeded_ev
     let mut a_left = HashMap::new();
     for _ in 0..CALLS {
         let (text, ctx, left) = bounded("A's report", a_rx.recv()).await.unwrap();
-        bounded("A's context to end", ctx.done()).await;
+        bounded("A's context to end", ctx.cancelled()).await;
         a_left.insert(text, left);
     }
     for _ in 0..CALLS {
@@ -113,7 +113,7 @@ async fn the_callers_deadline_crosses_both_hops_and_it_gets_deadline_exceeded_ev
             "{text}: B was given {timeout:?}, A had {:?}",
             a_left[&text]
         );
-        bounded("B's context to end", ctx.done()).await;
+        bounded("B's context to end", ctx.cancelled()).await;
     }
 }
 
@@ -133,8 +133,8 @@ async fn the_caller_going_away_cancels_both_hops_with_client_gone() {
     let (_, b_ctx, _) = bounded("B's report", b_rx.recv()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     call.abort(); // the caller drops its call: RST_STREAM to A
-    bounded("A's context to end", a_ctx.done()).await;
-    bounded("B's context to end", b_ctx.done()).await;
+    bounded("A's context to end", a_ctx.cancelled()).await;
+    bounded("B's context to end", b_ctx.cancelled()).await;
     assert_eq!(request_end(&a_ctx), Some(RequestEnd::ClientGone));
     assert_eq!(request_end(&b_ctx), Some(RequestEnd::ClientGone));
 }
