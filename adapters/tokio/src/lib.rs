@@ -58,6 +58,10 @@ pub use kontext::{
 };
 
 mod alarms;
+/// `kontext-tracing`, whole (feature `tracing`): the span as a context value, the end event.
+#[cfg(feature = "tracing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+pub use kontext_tracing;
 #[cfg(feature = "signal")]
 pub mod shutdown;
 
@@ -166,9 +170,15 @@ impl rt::Timer for TokioTimer {
 }
 
 /// Spawns on the current tokio runtime (`tokio::spawn`), or on a given runtime handle.
+///
+/// With feature `tracing`, every task it starts runs inside a span: the one given to
+/// `with_span`, or else the span current at the spawn
+/// (`tracing::Span::current()`). [`ContextExt::spawn`] gives it the context's span.
 #[derive(Debug, Clone, Default)]
 pub struct TokioSpawner {
     handle: Option<tokio::runtime::Handle>,
+    #[cfg(feature = "tracing")]
+    span: Option<tracing::Span>,
 }
 
 impl TokioSpawner {
@@ -176,6 +186,46 @@ impl TokioSpawner {
     pub fn on(handle: tokio::runtime::Handle) -> Self {
         TokioSpawner {
             handle: Some(handle),
+            #[cfg(feature = "tracing")]
+            span: None,
+        }
+    }
+
+    /// Runs every task it starts inside `span`, instead of the span current at each spawn
+    /// (feature `tracing`). For a [`Group`] whose tasks run in its context's span wherever
+    /// `spawn` is called (a plain [`Group::new`] takes the span current at each spawn):
+    ///
+    /// ```
+    /// use kontext_tokio::{Group, TokioSpawner, TokioTimer};
+    /// use kontext_tokio::kontext_tracing::TracingExt;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let req = kontext_tokio::background().with_span(tracing::info_span!("request"));
+    /// let spawner = TokioSpawner::default().with_span(req.span_or_current());
+    /// let group: Group<std::io::Error> = Group::with_runtime(&req, spawner, TokioTimer);
+    /// group.spawn(|_ctx| async {
+    ///     tracing::info!("inside the request span");
+    ///     Ok(())
+    /// });
+    /// group.wait().await.unwrap();
+    /// # }
+    /// ```
+    #[cfg(feature = "tracing")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
+    #[must_use]
+    pub fn with_span(mut self, span: tracing::Span) -> Self {
+        self.span = Some(span);
+        self
+    }
+
+    /// The spawner of [`ContextExt::spawn`] under `ctx`: with `tracing`, in `ctx`'s span
+    /// (or the span current now).
+    fn for_context(handle: Option<tokio::runtime::Handle>, _ctx: &Context) -> Self {
+        TokioSpawner {
+            handle,
+            #[cfg(feature = "tracing")]
+            span: Some(kontext_tracing::TracingExt::span_or_current(_ctx)),
         }
     }
 }
@@ -188,6 +238,15 @@ impl rt::Spawn for TokioSpawner {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        // In the span, in place: `Instrumented<F>` allocates nothing of its own.
+        #[cfg(feature = "tracing")]
+        let future = tracing::Instrument::instrument(
+            future,
+            match &self.span {
+                Some(span) => span.clone(),
+                None => tracing::Span::current(),
+            },
+        );
         TokioHandle(match &self.handle {
             Some(h) => h.spawn(future),
             None => tokio::spawn(future),
@@ -232,6 +291,10 @@ pub trait ContextExt {
     /// Spawns a task bound to a fresh child of this context: the future is dropped as
     /// soon as the child is done (cancel or deadline), and the child is cancelled when the
     /// task ends. See [`kontext::rt::spawn`].
+    ///
+    /// With feature `tracing`, the task runs inside the context's span
+    /// (`kontext_tracing::TracingExt::span`), or, if it has none, inside the span current
+    /// here: a span is never lost across the spawn.
     fn spawn<F, Fut>(&self, f: F) -> JoinHandle<Fut::Output>
     where
         F: FnOnce(Context) -> Fut,
@@ -265,7 +328,7 @@ impl ContextExt for Context {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        rt::spawn(&TokioSpawner::default(), TokioTimer, self, f)
+        rt::spawn(&TokioSpawner::for_context(None, self), TokioTimer, self, f)
     }
 
     #[track_caller]
@@ -275,7 +338,8 @@ impl ContextExt for Context {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        rt::spawn(&TokioSpawner::on(handle.clone()), TokioTimer, self, f)
+        let spawner = TokioSpawner::for_context(Some(handle.clone()), self);
+        rt::spawn(&spawner, TokioTimer, self, f)
     }
 
     fn sleep(&self, duration: Duration) -> Run<'_, tokio::time::Sleep> {
