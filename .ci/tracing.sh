@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 cargo test -p kontext-tracing
 cargo clippy -p kontext-tracing --all-targets -- -D warnings
-for crate in kontext-tokio; do
+for crate in kontext-tokio kontext-smol; do
   cargo test -p "$crate" --features tracing
   cargo clippy -p "$crate" --all-targets --features tracing -- -D warnings
   RUSTDOCFLAGS=-Dwarnings cargo doc -p "$crate" --no-deps --features tracing

@@ -46,6 +46,9 @@ pub use kontext::{
     rt, CancelHandle, CancelledBy, Cause, Clock, Context, Ctx, Error, Instant, OnCancel,
     SharedCause, StdClock,
 };
+/// `kontext-tracing`, whole (feature `tracing`): the span as a context value, the end event.
+#[cfg(feature = "tracing")]
+pub use kontext_tracing;
 
 /// [`kontext::rt::JoinHandle`] on smol: awaits a bound task, can cancel it.
 pub type JoinHandle<T> = rt::JoinHandle<SmolSpawner, T>;
@@ -92,9 +95,15 @@ impl rt::Timer for SmolTimer {
 }
 
 /// Spawns on smol's global executor (`smol::spawn`) or on an explicit executor.
+///
+/// With feature `tracing`, every task it starts runs inside a span: the one given to
+/// `with_span`, or else the span current at the spawn (`tracing::Span::current()`).
+/// [`ContextExt::spawn`] gives it the context's span.
 #[derive(Debug, Clone, Default)]
 pub struct SmolSpawner {
     executor: Option<Arc<Executor<'static>>>,
+    #[cfg(feature = "tracing")]
+    span: Option<tracing::Span>,
 }
 
 impl SmolSpawner {
@@ -102,6 +111,44 @@ impl SmolSpawner {
     pub fn on(executor: Arc<Executor<'static>>) -> Self {
         SmolSpawner {
             executor: Some(executor),
+            #[cfg(feature = "tracing")]
+            span: None,
+        }
+    }
+
+    /// Runs every task it starts inside `span`, instead of the span current at each spawn
+    /// (feature `tracing`). For a [`Group`] whose tasks run in its context's span wherever
+    /// `spawn` is called (a plain [`Group::new`] takes the span current at each spawn):
+    ///
+    /// ```
+    /// use kontext_smol::{Group, SmolSpawner, SmolTimer};
+    /// use kontext_smol::kontext_tracing::TracingExt;
+    ///
+    /// smol::block_on(async {
+    ///     let req = kontext_smol::background().with_span(tracing::info_span!("request"));
+    ///     let spawner = SmolSpawner::default().with_span(req.span_or_current());
+    ///     let group: Group<std::io::Error> = Group::with_runtime(&req, spawner, SmolTimer);
+    ///     group.spawn(|_ctx| async {
+    ///         tracing::info!("inside the request span");
+    ///         Ok(())
+    ///     });
+    ///     group.wait().await.unwrap();
+    /// });
+    /// ```
+    #[cfg(feature = "tracing")]
+    #[must_use]
+    pub fn with_span(mut self, span: tracing::Span) -> Self {
+        self.span = Some(span);
+        self
+    }
+
+    /// The spawner of [`ContextExt::spawn`] under `ctx`: with `tracing`, in `ctx`'s span
+    /// (or the span current now).
+    fn for_context(executor: Option<Arc<Executor<'static>>>, _ctx: &Context) -> Self {
+        SmolSpawner {
+            executor,
+            #[cfg(feature = "tracing")]
+            span: Some(kontext_tracing::TracingExt::span_or_current(_ctx)),
         }
     }
 }
@@ -114,6 +161,15 @@ impl rt::Spawn for SmolSpawner {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        // In the span, in place: `Instrumented<F>` allocates nothing of its own.
+        #[cfg(feature = "tracing")]
+        let future = tracing::Instrument::instrument(
+            future,
+            match &self.span {
+                Some(span) => span.clone(),
+                None => tracing::Span::current(),
+            },
+        );
         let task = match &self.executor {
             Some(ex) => ex.spawn(future),
             None => smol::spawn(future),
@@ -171,6 +227,10 @@ pub trait ContextExt {
     /// Spawns on smol's global executor a task bound to a fresh child of this context:
     /// the future is dropped as soon as the child is done (cancel or deadline), and the
     /// child is cancelled when the task ends. See [`kontext::rt::spawn`].
+    ///
+    /// With feature `tracing`, the task runs inside the context's span
+    /// (`kontext_tracing::TracingExt::span`), or, if it has none, inside the span current
+    /// here: a span is never lost across the spawn.
     fn spawn<F, Fut>(&self, f: F) -> JoinHandle<Fut::Output>
     where
         F: FnOnce(Context) -> Fut,
@@ -208,7 +268,7 @@ impl ContextExt for Context {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        rt::spawn(&SmolSpawner::default(), SmolTimer, self, f)
+        rt::spawn(&SmolSpawner::for_context(None, self), SmolTimer, self, f)
     }
 
     #[track_caller]
@@ -218,7 +278,8 @@ impl ContextExt for Context {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        rt::spawn(&SmolSpawner::on(executor.clone()), SmolTimer, self, f)
+        let spawner = SmolSpawner::for_context(Some(executor.clone()), self);
+        rt::spawn(&spawner, SmolTimer, self, f)
     }
 
     fn sleep(&self, duration: Duration) -> Run<'_, SmolSleep> {
