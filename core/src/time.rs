@@ -247,12 +247,11 @@ impl Clock for StdClock {
     #[cfg(not(any(loom, miri)))]
     fn alarms(&self) -> Option<&Alarms> {
         static ALARMS: Alarms = Alarms::new();
-        static DRIVER: std::sync::Once = std::sync::Once::new();
-        DRIVER.call_once(|| {
-            // If no thread can be started, deadlines stay lazy (noticed when looked at).
-            let _ = ALARMS.drive_in_thread(StdClock::STATIC);
-        });
-        Some(&ALARMS)
+        static DRIVEN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        // If no thread can be started, no queue: deadlines are noticed when looked at (and
+        // `rt::Done` arms a timer of its own), rather than armed in a queue nobody drives.
+        let driven = *DRIVEN.get_or_init(|| ALARMS.drive_in_thread(StdClock::STATIC).is_ok());
+        driven.then_some(&ALARMS)
     }
 }
 
