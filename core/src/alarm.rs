@@ -286,6 +286,26 @@ unsafe fn entry<'a>(n: *mut DeadlineNode) -> &'a AlarmEntry {
     unsafe { tree::alarm_entry(n) }
 }
 
+/// Makes `b` follow `a` in `i` (a null `a`: `b` is the head; a null `b`: `a` is the tail).
+///
+/// # Safety
+/// The queue's lock is held; `a` and `b` are null or alive, and linked or being linked.
+unsafe fn join(i: &mut Inner, a: *mut DeadlineNode, b: *mut DeadlineNode) {
+    // SAFETY: the caller guarantees liveness; links are guarded by the lock it holds.
+    unsafe {
+        if a.is_null() {
+            i.head = b;
+        } else {
+            entry(a).next.with_mut(|p| *p = b);
+        }
+        if b.is_null() {
+            i.tail = a;
+        } else {
+            entry(b).prev.with_mut(|p| *p = a);
+        }
+    }
+}
+
 /// Unlinks `n` from `i`.
 ///
 /// # Safety
@@ -296,16 +316,7 @@ unsafe fn unlink(i: &mut Inner, n: *mut DeadlineNode) {
         let e = entry(n);
         let prev = e.prev.with_mut(|p| ptr::replace(p, ptr::null_mut()));
         let next = e.next.with_mut(|p| ptr::replace(p, ptr::null_mut()));
-        if prev.is_null() {
-            i.head = next;
-        } else {
-            entry(prev).next.with_mut(|p| *p = next);
-        }
-        if next.is_null() {
-            i.tail = prev;
-        } else {
-            entry(next).prev.with_mut(|p| *p = prev);
-        }
+        join(i, prev, next);
     }
 }
 
@@ -323,24 +334,13 @@ unsafe fn link(i: &mut Inner, n: *mut DeadlineNode) -> bool {
         while !after.is_null() && tree::deadline_of(after) > at {
             after = entry(after).prev.with(|p| *p);
         }
-        let e = entry(n);
         let next = if after.is_null() {
             i.head
         } else {
             entry(after).next.with(|p| *p)
         };
-        e.prev.with_mut(|p| *p = after);
-        e.next.with_mut(|p| *p = next);
-        if after.is_null() {
-            i.head = n;
-        } else {
-            entry(after).next.with_mut(|p| *p = n);
-        }
-        if next.is_null() {
-            i.tail = n;
-        } else {
-            entry(next).prev.with_mut(|p| *p = n);
-        }
+        join(i, after, n);
+        join(i, n, next);
         after.is_null()
     }
 }

@@ -274,3 +274,23 @@ fn the_driver_is_woken_only_for_an_earlier_deadline() {
     assert_eq!(driver.0.load(SeqCst), 2, "earlier than 10 s: woken");
     assert_eq!(register(), five.0.deadline());
 }
+
+#[test]
+fn deadlines_fire_earliest_first_whatever_the_order_they_were_armed_in() {
+    static CLOCK: ManualClock = ManualClock::new();
+    let root = Context::with_clock(&CLOCK);
+    let fired = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut keep = Vec::new();
+    for secs in [3u64, 1, 4, 1, 5, 2] {
+        let (ctx, cancel) = root.with_timeout(Duration::from_secs(secs));
+        let f = fired.clone();
+        let cb = ctx.on_cancel(move || f.lock().unwrap().push(secs));
+        keep.push((ctx, cancel, cb));
+    }
+    assert_eq!(CLOCK.alarms().unwrap().armed(), 6);
+    CLOCK.advance(Duration::from_secs(2));
+    assert_eq!(*fired.lock().unwrap(), [1, 1, 2]);
+    CLOCK.advance(Duration::from_secs(3));
+    assert_eq!(*fired.lock().unwrap(), [1, 1, 2, 3, 4, 5]);
+    assert_eq!(CLOCK.alarms().unwrap().armed(), 0);
+}
