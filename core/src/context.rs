@@ -27,7 +27,6 @@ use crate::{
     error::Cause,
     time::{Clock, Instant},
     tree::{self, Header, Link},
-    wait::{Cancelled, CancelledOwned, RunUntilCancelled, StreamUntilCancelled},
 };
 #[cfg(feature = "alloc")]
 use alloc::boxed::Box;
@@ -175,36 +174,6 @@ impl Context {
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
         self.ctx.value::<T>()
     }
-
-    /// A future that completes when the context is done ([`Ctx::cancelled`], Go's
-    /// `<-ctx.Done()`).
-    #[doc(hidden)]
-    #[inline]
-    pub fn cancelled(&self) -> Cancelled<'_> {
-        self.ctx.cancelled()
-    }
-
-    /// Runs `future` until it completes or the context is done
-    /// ([`Ctx::run_until_cancelled`]).
-    #[doc(hidden)]
-    #[inline]
-    pub fn run_until_cancelled<F: core::future::Future>(
-        &self,
-        future: F,
-    ) -> RunUntilCancelled<'_, F> {
-        self.ctx.run_until_cancelled(future)
-    }
-
-    /// Yields `stream`'s items until the context is done
-    /// ([`Ctx::stream_until_cancelled`]).
-    #[doc(hidden)]
-    #[inline]
-    pub fn stream_until_cancelled<S: futures_core::Stream>(
-        &self,
-        stream: S,
-    ) -> StreamUntilCancelled<'_, S> {
-        self.ctx.stream_until_cancelled(stream)
-    }
 }
 
 impl Ctx {
@@ -350,28 +319,6 @@ impl Ctx {
     pub fn value<T: Send + Sync + 'static>(&self) -> Option<&T> {
         // SAFETY: whoever lent us out keeps the node alive for as long as `self`.
         self.node.and_then(|n| unsafe { tree::value::<T>(n) })
-    }
-
-    /// A future that completes when the context is done (Go's `<-ctx.Done()`).
-    #[doc(alias = "Done")]
-    pub fn cancelled(&self) -> Cancelled<'_> {
-        Cancelled::new(self)
-    }
-
-    /// Runs `future` until it completes (`Ok`) or the context is done (`Err(reason)`).
-    pub fn run_until_cancelled<F: core::future::Future>(
-        &self,
-        future: F,
-    ) -> RunUntilCancelled<'_, F> {
-        RunUntilCancelled::new(self, future)
-    }
-
-    /// Yields `stream`'s items as `Ok` until the context is done, then `Err(reason)` once.
-    pub fn stream_until_cancelled<S: futures_core::Stream>(
-        &self,
-        stream: S,
-    ) -> StreamUntilCancelled<'_, S> {
-        StreamUntilCancelled::new(self, stream)
     }
 }
 
@@ -597,12 +544,6 @@ impl Context {
 }
 
 impl Context {
-    /// Like [`cancelled`](Ctx::cancelled), owning a clone of the context (`'static`).
-    #[must_use = "futures do nothing unless polled"]
-    pub fn cancelled_owned(&self) -> CancelledOwned {
-        CancelledOwned::new(self.clone())
-    }
-
     /// A `Context` for a context that lives forever: one in a `static` (see
     /// [`node`](crate::node)), or a leaked one. Cloning and dropping it count nothing for a
     /// `static` node; children derived from it (with `alloc`) live on the heap as usual.

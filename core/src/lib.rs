@@ -18,6 +18,7 @@ mod sync;
 mod time;
 mod tree;
 mod wait;
+mod waitlist;
 
 pub use crate::alarm::Alarms;
 #[cfg(feature = "alloc")]

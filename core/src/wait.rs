@@ -1,29 +1,12 @@
-//! Waiting for a context to be done: the per-context wait list and the [`Cancelled`]
-//! future, plus the combinators that race work against cancellation.
-//!
-//! # Invariants
-//! 1. A waiter's list node lives inside its pinned future and is touched only under the
-//!    wait list's lock (its context's stripe lock, `tree` invariant 9); the future unlinks
-//!    it (under the lock) before its memory goes. No user code runs under the lock: wakers
-//!    are cloned before it is taken, and wakers taken out or replaced are woken or dropped
-//!    after it is released (a waker's `Drop` may drop another waiter, whose context may
-//!    share the stripe). So a stripe lock is never held while taking another.
-//! 2. Closing (`tree::notify`, with `close_and_take`) runs once per context (the cancel
-//!    walker's, `tree` invariant 4): it marks the list closed, unlinks every waiter and
-//!    wakes each exactly once. A waiter that arrives later sees `closed` under the lock
-//!    and completes without linking.
-//! 3. No lost wake-up: see `tree`'s invariant 6 (link under the lock, `fence(SeqCst)`,
-//!    then re-read the state; the canceller CASes the state, fences, then closes the list).
-//! 4. A node's `linked` flag is set and cleared under the lock; the walker that takes a
-//!    node out clears it last (Release). A waiter that reads it clear (Acquire) owns its
-//!    node again and skips the lock (as tokio's `Notify` reads its waiter's notification).
+//! Waiting for a context to be done: the [`Cancelled`] future and the combinators that
+//! race work against cancellation, above the tree and the context types (the wait list
+//! itself, below the tree, is `waitlist.rs`, whose invariants these futures keep).
 //!
 //! A context nobody waits on never takes a lock; waiting never allocates (a context with
 //! no table keeps its list in a word of the node, `tree` invariant 9).
 
 use core::future::Future;
 use core::marker::PhantomPinned;
-use core::mem::MaybeUninit;
 use core::pin::Pin;
 use core::ptr;
 use core::task::{self, Poll, Waker};
@@ -33,249 +16,62 @@ use pin_project_lite::pin_project;
 
 use crate::context::{Context, Ctx};
 use crate::error::Error;
-use crate::sync::{AtomicBool, Handover, Mutex, Ordering::*, UnsafeCell};
-use crate::tree::{CancelNode, Side, SIDE_CLOSED, SIDE_INLINE, SIDE_TAGS};
+use crate::sync::{AtomicBool, Handover, Ordering::*, UnsafeCell};
+use crate::tree::CancelNode;
+use crate::waitlist::WaiterNode;
 
-// ---------------------------------------------------------------------------------------
-// Stripe locks: one small static array of locks guards every wait list (as parking_lot's
-// hashed buckets), so a node pays no bytes for a lock.
+// The waiting half of the context types' API lives here, beside the futures it returns
+// (the context module stays below the waiting one).
 
-/// Stripes: enough that unrelated contexts rarely share one (with `std`, each on its own
-/// cache line: 4 KiB in all); a few bytes without `std` (a critical section is one global
-/// lock anyway); one under loom (a model must be deterministic, and addresses are not;
-/// one lock for all also makes every model exercise unrelated lists sharing a lock).
-#[cfg(all(feature = "std", not(loom)))]
-const STRIPES: usize = 64;
-#[cfg(all(not(feature = "std"), not(loom)))]
-const STRIPES: usize = 8;
-#[cfg(loom)]
-const STRIPES: usize = 1;
-
-#[cfg_attr(all(feature = "std", not(loom)), repr(align(64)))]
-struct Stripe(Mutex<()>);
-
-#[cfg(not(loom))]
-static LOCKS: [Stripe; STRIPES] = [const { Stripe(Mutex::new(())) }; STRIPES];
-
-#[cfg(loom)]
-loom::lazy_static! {
-    static ref LOCKS: [Stripe; STRIPES] = core::array::from_fn(|_| Stripe(Mutex::new(())));
-}
-
-/// The lock guarding `n`'s wait list (`tree` invariant 9).
-pub(crate) fn stripe_of(n: &CancelNode) -> &'static Mutex<()> {
-    // Fibonacci hashing of the address: nodes are at least 16 bytes apart, so the low bits
-    // carry little; the multiply spreads the middle bits into the top ones. K is 2^BITS
-    // over the golden ratio, for the pointer width (not a truncated 64-bit constant).
-    const K: usize = if usize::BITS == 64 {
-        0x9E37_79B9_7F4A_7C15_u64 as usize
-    } else {
-        0x9E37_79B9
-    };
-    if STRIPES == 1 {
-        return &LOCKS[0].0;
-    }
-    let a = ptr::from_ref(n).addr();
-    let i = a.wrapping_mul(K) >> (usize::BITS - STRIPES.trailing_zeros());
-    &LOCKS[i % STRIPES].0
-}
-
-pub(crate) struct WaiterNode {
-    prev: *mut WaiterNode,
-    next: *mut WaiterNode,
-    waker: Option<Waker>,
-    /// Written under the lock. Cleared with Release by a walker taking the node out, as
-    /// its last access (invariant 4), so the waiter reads it without the lock.
-    linked: AtomicBool,
-    /// The node's fields, handed from the walker back to the waiter by `linked`: lets loom
-    /// check that hand-over (zero-sized elsewhere).
-    handover: Handover,
-}
-
-/// The waiters of one context: in its table, or inline in its node's `side` word
-/// (`tree` invariant 9). Guarded by the context's stripe lock.
-pub(crate) struct WaitList {
-    head: *mut WaiterNode,
-    closed: bool,
-}
-
-const _: () = assert!(core::mem::align_of::<WaiterNode>() > SIDE_TAGS);
-
-// SAFETY: the raw pointers are only dereferenced under the list's lock (invariant 1), and
-// the nodes they point at belong to futures that unlink before they are dropped.
-unsafe impl Send for WaitList {}
-
-impl WaitList {
-    pub(crate) fn new() -> Self {
-        WaitList {
-            head: ptr::null_mut(),
-            closed: false,
-        }
+impl Ctx {
+    /// A future that completes when the context is done (Go's `<-ctx.Done()`): cancelled,
+    /// or past its deadline (see [`Cancelled`]: the deadline wakes it).
+    #[doc(alias = "Done")]
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled::new(self)
     }
 
-    /// The inline list a `side` word that is not a table holds (null: empty and open).
-    pub(crate) fn from_side_word(w: *mut Side) -> Self {
-        WaitList {
-            head: w.cast::<WaiterNode>().map_addr(|a| a & !SIDE_TAGS),
-            closed: w.addr() & SIDE_CLOSED != 0,
-        }
+    /// Runs `future` until it completes (`Ok`) or the context is done (`Err(reason)`):
+    /// Go's `select` on `ctx.Done()` and the work.
+    pub fn run_until_cancelled<F: Future>(&self, future: F) -> RunUntilCancelled<'_, F> {
+        RunUntilCancelled::new(self, future)
     }
 
-    /// The `side` word holding this list inline (null when empty and open).
-    pub(crate) fn to_side_word(&self) -> *mut Side {
-        if self.head.is_null() && !self.closed {
-            return ptr::null_mut();
-        }
-        let closed = if self.closed { SIDE_CLOSED } else { 0 };
-        self.head
-            .cast::<Side>()
-            .map_addr(|a| a | SIDE_INLINE | closed)
-    }
-
-    pub(crate) fn has_waiter(&self) -> bool {
-        !self.head.is_null()
-    }
-
-    /// Invariant 2: marks the list closed and moves up to one batch of wakers out,
-    /// unlinking each node completely first (the list stays consistent whatever a waker
-    /// does later). Returns whether waiters remain.
-    pub(crate) fn close_and_take(&mut self, batch: &mut WakeBatch) -> bool {
-        self.closed = true;
-        while !batch.is_full() {
-            let p = self.head;
-            if p.is_null() {
-                return false;
-            }
-            // SAFETY: linked nodes are alive (invariant 1) and we hold the lock. Fields are
-            // reached through the raw pointer: the waiter may read `linked` meanwhile.
-            unsafe {
-                self.head = (*p).next;
-                if !self.head.is_null() {
-                    (*self.head).prev = ptr::null_mut();
-                }
-                (*p).next = ptr::null_mut();
-                if let Some(w) = (*p).waker.take() {
-                    batch.push(w);
-                }
-                (*p).handover.write();
-                // Release: our last access to the node (invariant 4); its waiter may now
-                // skip the lock, and its future may go.
-                (*p).linked.store(false, Release);
-            }
-        }
-        !self.head.is_null()
-    }
-
-    /// # Safety
-    /// `n` is not linked, stays pinned until unlinked, and the lock is held.
-    unsafe fn link(&mut self, n: *mut WaiterNode) {
-        // SAFETY: the caller guarantees `n` is valid; the head, if any, is linked.
-        unsafe {
-            (*n).prev = ptr::null_mut();
-            (*n).next = self.head;
-            if !self.head.is_null() {
-                (*self.head).prev = n;
-            }
-            // Relaxed: under the lock; only this node's own waiter reads it without it.
-            (*n).linked.store(true, Relaxed);
-        }
-        self.head = n;
-    }
-
-    /// # Safety
-    /// `n` is linked in this list and the lock is held.
-    unsafe fn unlink(&mut self, n: *mut WaiterNode) {
-        // SAFETY: linked neighbours are valid (invariant 1).
-        unsafe {
-            let (prev, next) = ((*n).prev, (*n).next);
-            if prev.is_null() {
-                self.head = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            // Relaxed: the waiter unlinking itself is the only lock-free reader.
-            (*n).linked.store(false, Relaxed);
-            (*n).prev = ptr::null_mut();
-            (*n).next = ptr::null_mut();
-        }
+    /// Yields `stream`'s items as `Ok` until the context is done, then `Err(reason)` once.
+    pub fn stream_until_cancelled<S: Stream>(&self, stream: S) -> StreamUntilCancelled<'_, S> {
+        StreamUntilCancelled::new(self, stream)
     }
 }
 
-/// Wakers taken out of a wait list, to be woken after its lock is released (a fixed
-/// array on the stack, as tokio's `WakeList`: waking allocates nothing). Uninitialised
-/// until pushed: a walk that notifies many nodes does not zero 32 slots for each.
-pub(crate) struct WakeBatch {
-    /// `wakers[..len]` are initialised.
-    wakers: [MaybeUninit<Waker>; WakeBatch::CAP],
-    len: usize,
-}
-
-impl WakeBatch {
-    const CAP: usize = 32;
-
-    pub(crate) fn new() -> Self {
-        WakeBatch {
-            wakers: [const { MaybeUninit::uninit() }; WakeBatch::CAP],
-            len: 0,
-        }
+impl Context {
+    /// A future that completes when the context is done ([`Ctx::cancelled`], Go's
+    /// `<-ctx.Done()`).
+    #[doc(hidden)]
+    #[inline]
+    pub fn cancelled(&self) -> Cancelled<'_> {
+        Cancelled::new(self)
     }
 
-    fn is_full(&self) -> bool {
-        self.len == Self::CAP
+    /// Runs `future` until it completes or the context is done
+    /// ([`Ctx::run_until_cancelled`]).
+    #[doc(hidden)]
+    #[inline]
+    pub fn run_until_cancelled<F: Future>(&self, future: F) -> RunUntilCancelled<'_, F> {
+        RunUntilCancelled::new(self, future)
     }
 
-    fn push(&mut self, w: Waker) {
-        self.wakers[self.len].write(w);
-        self.len += 1;
+    /// Yields `stream`'s items until the context is done
+    /// ([`Ctx::stream_until_cancelled`]).
+    #[doc(hidden)]
+    #[inline]
+    pub fn stream_until_cancelled<S: Stream>(&self, stream: S) -> StreamUntilCancelled<'_, S> {
+        StreamUntilCancelled::new(self, stream)
     }
 
-    /// Adds `w`, or gives it back when the batch is full.
-    pub(crate) fn try_push(&mut self, w: Waker) -> Result<(), Waker> {
-        if self.is_full() {
-            return Err(w);
-        }
-        self.push(w);
-        Ok(())
-    }
-
-    /// Takes the last waker out, if any.
-    pub(crate) fn pop(&mut self) -> Option<Waker> {
-        if self.len == 0 {
-            return None;
-        }
-        self.len -= 1;
-        // SAFETY: `wakers[len]` was initialised by `push` and, with `len` lowered first,
-        // is read out exactly once.
-        Some(unsafe { self.wakers[self.len].assume_init_read() })
-    }
-
-    /// Wakes every waker in the batch, once each, calling `wrap` around each wake (the
-    /// walk catches panics there). A panic that escapes `wrap` drops the rest unwoken.
-    pub(crate) fn wake_all(&mut self, mut wrap: impl FnMut(&mut dyn FnMut())) {
-        while self.len > 0 {
-            self.len -= 1;
-            // SAFETY: `wakers[len]` was initialised by `push` and, with `len` lowered
-            // first, is read out exactly once.
-            let w = unsafe { self.wakers[self.len].assume_init_read() };
-            let mut w = Some(w);
-            wrap(&mut || {
-                if let Some(w) = w.take() {
-                    w.wake();
-                }
-            });
-        }
-    }
-}
-
-impl Drop for WakeBatch {
-    fn drop(&mut self) {
-        for w in &mut self.wakers[..self.len] {
-            // SAFETY: `wakers[..len]` are initialised and not yet read out.
-            unsafe { w.assume_init_drop() };
-        }
+    /// Like [`cancelled`](Ctx::cancelled), owning a clone of the context (`'static`).
+    #[must_use = "futures do nothing unless polled"]
+    pub fn cancelled_owned(&self) -> CancelledOwned {
+        CancelledOwned::new(self.clone())
     }
 }
 
@@ -288,7 +84,7 @@ struct Waiter {
     _pin: PhantomPinned,
 }
 
-// SAFETY: the node is touched only under the wait list's lock (invariant 1); `src` is a
+// SAFETY: the node is touched only under the wait list's lock (waitlist invariant 1); `src` is a
 // shared reference's address.
 unsafe impl Send for Waiter {}
 // SAFETY: `&Waiter` exposes nothing.
@@ -326,7 +122,7 @@ impl Waiter {
         // (`alarm.rs`; one load once armed).
         h.arm_deadline();
         let n = self.node.with_mut(|n| n);
-        // Invariant 1: clone before locking. A waiter not linked yet needs the clone; a
+        // Waitlist invariant 1: clone before locking. A waiter not linked yet needs the clone; a
         // linked one usually still holds a waker that will wake this task.
         let mut fresh = self.src.is_null().then(|| cx.waker().clone());
         enum Step {
@@ -339,7 +135,7 @@ impl Waiter {
                 if list.closed {
                     return Step::Closed;
                 }
-                // SAFETY: we hold the lock; the node is pinned with us (invariant 1).
+                // SAFETY: we hold the lock; the node is pinned with us (waitlist invariant 1).
                 unsafe {
                     // Relaxed: under the lock, which orders every write of it.
                     if (*n).linked.load(Relaxed) {
@@ -370,9 +166,9 @@ impl Waiter {
             }
         };
         self.src = src;
-        // Invariant 1: a replaced waker is dropped outside the lock.
+        // Waitlist invariant 1: a replaced waker is dropped outside the lock.
         drop(replaced);
-        // Invariant 3: the fenced re-check after linking.
+        // Waitlist invariant 3: the fenced re-check after linking.
         if src.recheck_cancelled() || h.is_done() {
             self.unlink();
             return Poll::Ready(());
@@ -388,7 +184,7 @@ impl Waiter {
         let src = unsafe { &*self.src };
         self.src = ptr::null();
         let n = self.node.with_mut(|n| n);
-        // Invariant 4: a walker took the node out; nobody else touches it any more, so no
+        // Waitlist invariant 4: a walker took the node out; nobody else touches it any more, so no
         // lock (a woken task does not contend with the walk still waking others). Acquire:
         // pairs with the walker's Release, its last access.
         // SAFETY: our own pinned node; `linked` is an atomic.
@@ -399,9 +195,9 @@ impl Waiter {
             drop(unsafe { (*n).waker.take() });
             return;
         }
-        // Invariant 1: the waker is dropped after the lock is released.
+        // Waitlist invariant 1: the waker is dropped after the lock is released.
         let _waker: Option<Waker> = src.with_waiters(|list| {
-            // SAFETY: under the lock (invariant 1).
+            // SAFETY: under the lock (waitlist invariant 1).
             unsafe {
                 // Relaxed: under the lock, which orders every write of it.
                 if (*n).linked.load(Relaxed) {

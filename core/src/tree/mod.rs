@@ -67,7 +67,7 @@
 //! 9. Wait lists (`CancelNode::side`): a heap node waited on before it has a table keeps
 //!    its wait list in the `side` word itself (head pointer tagged `SIDE_INLINE`, plus
 //!    `SIDE_CLOSED` once closed), so waiting allocates nothing. Every wait list is guarded
-//!    by the stripe lock its node's address hashes to (`wait::stripe_of`), and every change
+//!    by the stripe lock its node's address hashes to (`waitlist::stripe_of`), and every change
 //!    of a published `side` word is made under that lock: inline list updates, and the
 //!    installation of a table (`install_heap_side`), which moves the inline list into the
 //!    table and sets the table's `has_waiters` before publishing it. So a lock holder that
@@ -86,7 +86,7 @@
 //!     interrupt executor on one core), and drop a pinned node's storage, whose detach
 //!     waits for the walker to release that registration (invariant 8): a wake there would
 //!     never return. So while the current path holds a user node, the wakers of the nodes
-//!     it walks are moved out of their lists (closing them, wait invariant 2) and kept;
+//!     it walks are moved out of their lists (closing them, waitlist invariant 2) and kept;
 //!     they are woken once the walk holds no user registration any more. Callbacks need no
 //!     such care: they are heap entries of heap nodes, and a heap node never sits below a
 //!     pinned one (invariant 8). With `alloc` any number is kept (past 32, in a vector);
@@ -97,7 +97,7 @@
 //! The only locks are the wait lists' stripe locks (invariant 9). One is held to link,
 //! unlink or take out waiters, or to install a table, never while taking another lock or
 //! running user code: wakers are cloned before it is taken, woken and dropped after it is
-//! released (`wait` invariant 1).
+//! released (`waitlist` invariant 1).
 //!
 //! User code (callbacks, wakers, clocks, values' and closures' `Drop`) that panics during
 //! a cancel walk is caught (with `std`): the walk finishes, then the first panic resumes
@@ -127,7 +127,7 @@ use crate::sync::{
     Ordering::*, UnsafeCell,
 };
 use crate::time::{Clock, Instant};
-use crate::wait::WaitList;
+use crate::waitlist::{WaitList, SIDE_INLINE, SIDE_TAGS};
 
 // ---------------------------------------------------------------------------------------
 // Live-allocation accounting for the loom models (every node, side table and chunk).
@@ -324,12 +324,7 @@ pub(crate) struct CancelNode {
     side: AtomicPtr<Side>,
 }
 
-/// Tag of a `side` word that holds an inline wait list's head, not a table (invariant 9).
-pub(crate) const SIDE_INLINE: usize = 1;
-/// With `SIDE_INLINE`: the inline wait list is closed (its node was cancelled).
-pub(crate) const SIDE_CLOSED: usize = 2;
-/// The tag bits of a `side` word (tables and waiter nodes are at least 4-aligned).
-pub(crate) const SIDE_TAGS: usize = SIDE_INLINE | SIDE_CLOSED;
+// A `side` word tags table pointers too (`waitlist::SIDE_*`).
 const _: () = assert!(core::mem::align_of::<Side>() > SIDE_TAGS);
 
 /// Whether a `side` word points at a table (rather than being null or an inline list).

@@ -268,7 +268,7 @@ impl CancelNode {
     pub(super) fn install_heap_side(&self) -> &Side {
         // Allocated and, if we lose, freed outside the lock (no allocator code under it).
         let new = Side::new_heap();
-        let g = crate::wait::stripe_of(self).lock();
+        let g = crate::waitlist::stripe_of(self).lock();
         // Relaxed: every writer of the word holds the lock we hold (invariant 9).
         let cur = self.side.load(Relaxed);
         if is_table(cur) {
@@ -297,9 +297,9 @@ impl CancelNode {
     }
 
     /// Runs `f` on this node's wait list (inline or in its table) under the node's stripe
-    /// lock (invariant 9; `wait` invariant 1). `f` must not run user code.
+    /// lock (invariant 9; `waitlist` invariant 1). `f` must not run user code.
     pub(crate) fn with_waiters<R>(&self, f: impl FnOnce(&mut WaitList) -> R) -> R {
-        let _g = crate::wait::stripe_of(self).lock();
+        let _g = crate::waitlist::stripe_of(self).lock();
         // Acquire: a table installed by a lock-free path (a user node's, before
         // publication) is initialised; changes made under the lock are ordered by it.
         let w = self.side.load(Acquire);

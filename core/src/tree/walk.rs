@@ -218,7 +218,7 @@ pub(super) fn walk(
     true
 }
 
-/// Closes `n`'s wait list and wakes every waiter exactly once (wait invariant 2), or, with
+/// Closes `n`'s wait list and wakes every waiter exactly once (waitlist invariant 2), or, with
 /// `defer`, moves their wakers there for the walk to wake later (invariant 11).
 ///
 /// Wakers are taken out in batches under the lock and woken after releasing it, so a waker
@@ -238,7 +238,7 @@ pub(super) fn notify(n: &CancelNode, mut defer: Option<&mut Deferred>, panics: &
         return;
     }
     loop {
-        let mut batch = crate::wait::WakeBatch::new();
+        let mut batch = crate::waitlist::WakeBatch::new();
         let more = n.with_waiters(|l| l.close_and_take(&mut batch));
         match defer.as_deref_mut() {
             Some(d) => d.keep(&mut batch, panics),
@@ -252,7 +252,7 @@ pub(super) fn notify(n: &CancelNode, mut defer: Option<&mut Deferred>, panics: &
 
 /// Wakers held back while the walk holds a user node's registration (invariant 11).
 pub(super) struct Deferred {
-    batch: crate::wait::WakeBatch,
+    batch: crate::waitlist::WakeBatch,
     #[cfg(feature = "alloc")]
     more: alloc::vec::Vec<core::task::Waker>,
 }
@@ -260,7 +260,7 @@ pub(super) struct Deferred {
 impl Deferred {
     pub(super) fn new() -> Self {
         Deferred {
-            batch: crate::wait::WakeBatch::new(),
+            batch: crate::waitlist::WakeBatch::new(),
             #[cfg(feature = "alloc")]
             more: alloc::vec::Vec::new(),
         }
@@ -268,7 +268,7 @@ impl Deferred {
 
     /// Keeps `from`'s wakers for later. Without `alloc`, what does not fit in one batch
     /// is woken now (the documented bound of invariant 11).
-    pub(super) fn keep(&mut self, from: &mut crate::wait::WakeBatch, panics: &mut Panics) {
+    pub(super) fn keep(&mut self, from: &mut crate::waitlist::WakeBatch, panics: &mut Panics) {
         #[cfg(feature = "alloc")]
         let _ = &panics;
         while let Some(w) = from.pop() {
