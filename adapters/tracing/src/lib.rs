@@ -48,6 +48,17 @@
 //! themselves), or right away if the context is already done. It is an event, not a field
 //! recorded into the span late: `tracing` ignores fields a span did not declare when it was
 //! created, and a span's fields cannot say *when* something happened.
+//!
+//! # Cost
+//!
+//! A span value is one value node per [`with_span`](TracingExt::with_span); finding it is a
+//! walk over the value nodes above a context. An instrumented future is the future and its
+//! span side by side (no allocation); each poll enters and exits the span. Measured on the
+//! development machine (2 cores, release, `kontext-tokio` `spawn` + `await` of an empty task
+//! on a current-thread runtime, best of 7 runs of 200 000, 4 alternating rounds): 593–599 ns
+//! without the feature; 615–658 ns with it and no subscriber; 576–614 ns with a
+//! `tracing-subscriber` registry and no span anywhere; 708–738 ns with the registry and a
+//! span in the context (the span cloned for the task, entered and exited on each poll).
 
 #![forbid(unsafe_code)]
 
