@@ -98,12 +98,25 @@ impl rt::Timer for SmolTimer {
 ///
 /// With feature `tracing`, every task it starts runs inside a span: the one given to
 /// `with_span`, or else the span current at the spawn (`tracing::Span::current()`).
-/// [`ContextExt::spawn`] gives it the context's span.
+/// [`ContextExt::spawn`] runs the task's future in its context's span instead.
 #[derive(Debug, Clone, Default)]
 pub struct SmolSpawner {
     executor: Option<Arc<Executor<'static>>>,
     #[cfg(feature = "tracing")]
-    span: Option<tracing::Span>,
+    span: TaskSpan,
+}
+
+/// The span the tasks of a spawner run in (feature `tracing`).
+#[cfg(feature = "tracing")]
+#[derive(Debug, Clone, Default)]
+enum TaskSpan {
+    /// The span current at each spawn.
+    #[default]
+    Current,
+    /// This one.
+    Given(tracing::Span),
+    /// None added: the future runs in its context's span already ([`ContextExt::spawn`]).
+    Carried,
 }
 
 impl SmolSpawner {
@@ -112,7 +125,7 @@ impl SmolSpawner {
         SmolSpawner {
             executor: Some(executor),
             #[cfg(feature = "tracing")]
-            span: None,
+            span: TaskSpan::Current,
         }
     }
 
@@ -138,18 +151,8 @@ impl SmolSpawner {
     #[cfg(feature = "tracing")]
     #[must_use]
     pub fn with_span(mut self, span: tracing::Span) -> Self {
-        self.span = Some(span);
+        self.span = TaskSpan::Given(span);
         self
-    }
-
-    /// The spawner of [`ContextExt::spawn`] under `ctx`: with `tracing`, in `ctx`'s span
-    /// (or the span current now).
-    fn for_context(executor: Option<Arc<Executor<'static>>>, _ctx: &Context) -> Self {
-        SmolSpawner {
-            executor,
-            #[cfg(feature = "tracing")]
-            span: Some(kontext_tracing::TracingExt::span_or_current(_ctx)),
-        }
     }
 }
 
@@ -163,13 +166,23 @@ impl rt::Spawn for SmolSpawner {
     {
         // In the span, in place: `Instrumented<F>` allocates nothing of its own.
         #[cfg(feature = "tracing")]
-        let future = tracing::Instrument::instrument(
-            future,
-            match &self.span {
-                Some(span) => span.clone(),
-                None => tracing::Span::current(),
-            },
-        );
+        let future = match &self.span {
+            TaskSpan::Current => tracing::Instrument::instrument(future, tracing::Span::current()),
+            TaskSpan::Given(span) => tracing::Instrument::instrument(future, span.clone()),
+            TaskSpan::Carried => return self.start(future),
+        };
+        self.start(future)
+    }
+}
+
+impl SmolSpawner {
+    /// Starts `future` as it is.
+    #[track_caller]
+    fn start<F>(&self, future: F) -> <Self as rt::Spawn>::Handle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
         let task = match &self.executor {
             Some(ex) => ex.spawn(future),
             None => smol::spawn(future),
@@ -268,7 +281,7 @@ impl ContextExt for Context {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        rt::spawn(&SmolSpawner::for_context(None, self), SmolTimer, self, f)
+        spawn_bound(None, self, f)
     }
 
     #[track_caller]
@@ -278,13 +291,40 @@ impl ContextExt for Context {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        let spawner = SmolSpawner::for_context(Some(executor.clone()), self);
-        rt::spawn(&spawner, SmolTimer, self, f)
+        spawn_bound(Some(executor.clone()), self, f)
     }
 
     fn sleep(&self, duration: Duration) -> Run<'_, SmolSleep> {
         rt::Run::new(self, SmolTimer, rt::Timer::sleep(&SmolTimer, duration))
     }
+}
+
+/// [`ContextExt::spawn`]: with `tracing`, the user's future runs in `parent`'s span (or
+/// the span current here), and the spawner adds none.
+#[track_caller]
+fn spawn_bound<F, Fut>(
+    executor: Option<Arc<Executor<'static>>>,
+    parent: &Context,
+    f: F,
+) -> JoinHandle<Fut::Output>
+where
+    F: FnOnce(Context) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    #[cfg(feature = "tracing")]
+    {
+        let span = kontext_tracing::TracingExt::span_or_current(parent);
+        let spawner = SmolSpawner {
+            executor,
+            span: TaskSpan::Carried,
+        };
+        rt::spawn(&spawner, SmolTimer, parent, move |ctx| {
+            tracing::Instrument::instrument(f(ctx), span)
+        })
+    }
+    #[cfg(not(feature = "tracing"))]
+    rt::spawn(&SmolSpawner { executor }, SmolTimer, parent, f)
 }
 
 /// Waits until every task counted by `tracker` has ended, or until `grace` has passed

@@ -172,13 +172,26 @@ impl rt::Timer for TokioTimer {
 /// Spawns on the current tokio runtime (`tokio::spawn`), or on a given runtime handle.
 ///
 /// With feature `tracing`, every task it starts runs inside a span: the one given to
-/// `with_span`, or else the span current at the spawn
-/// (`tracing::Span::current()`). [`ContextExt::spawn`] gives it the context's span.
+/// `with_span`, or else the span current at the spawn (`tracing::Span::current()`).
+/// [`ContextExt::spawn`] runs the task's future in its context's span instead.
 #[derive(Debug, Clone, Default)]
 pub struct TokioSpawner {
     handle: Option<tokio::runtime::Handle>,
     #[cfg(feature = "tracing")]
-    span: Option<tracing::Span>,
+    span: TaskSpan,
+}
+
+/// The span the tasks of a spawner run in (feature `tracing`).
+#[cfg(feature = "tracing")]
+#[derive(Debug, Clone, Default)]
+enum TaskSpan {
+    /// The span current at each spawn.
+    #[default]
+    Current,
+    /// This one.
+    Given(tracing::Span),
+    /// None added: the future runs in its context's span already ([`ContextExt::spawn`]).
+    Carried,
 }
 
 impl TokioSpawner {
@@ -187,7 +200,7 @@ impl TokioSpawner {
         TokioSpawner {
             handle: Some(handle),
             #[cfg(feature = "tracing")]
-            span: None,
+            span: TaskSpan::Current,
         }
     }
 
@@ -215,18 +228,8 @@ impl TokioSpawner {
     #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
     #[must_use]
     pub fn with_span(mut self, span: tracing::Span) -> Self {
-        self.span = Some(span);
+        self.span = TaskSpan::Given(span);
         self
-    }
-
-    /// The spawner of [`ContextExt::spawn`] under `ctx`: with `tracing`, in `ctx`'s span
-    /// (or the span current now).
-    fn for_context(handle: Option<tokio::runtime::Handle>, _ctx: &Context) -> Self {
-        TokioSpawner {
-            handle,
-            #[cfg(feature = "tracing")]
-            span: Some(kontext_tracing::TracingExt::span_or_current(_ctx)),
-        }
     }
 }
 
@@ -240,13 +243,23 @@ impl rt::Spawn for TokioSpawner {
     {
         // In the span, in place: `Instrumented<F>` allocates nothing of its own.
         #[cfg(feature = "tracing")]
-        let future = tracing::Instrument::instrument(
-            future,
-            match &self.span {
-                Some(span) => span.clone(),
-                None => tracing::Span::current(),
-            },
-        );
+        let future = match &self.span {
+            TaskSpan::Current => tracing::Instrument::instrument(future, tracing::Span::current()),
+            TaskSpan::Given(span) => tracing::Instrument::instrument(future, span.clone()),
+            TaskSpan::Carried => return self.start(future),
+        };
+        self.start(future)
+    }
+}
+
+impl TokioSpawner {
+    /// Starts `future` as it is.
+    #[track_caller]
+    fn start<F>(&self, future: F) -> <Self as rt::Spawn>::Handle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
         TokioHandle(match &self.handle {
             Some(h) => h.spawn(future),
             None => tokio::spawn(future),
@@ -328,7 +341,7 @@ impl ContextExt for Context {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        rt::spawn(&TokioSpawner::for_context(None, self), TokioTimer, self, f)
+        spawn_bound(None, self, f)
     }
 
     #[track_caller]
@@ -338,13 +351,40 @@ impl ContextExt for Context {
         Fut: Future + Send + 'static,
         Fut::Output: Send + 'static,
     {
-        let spawner = TokioSpawner::for_context(Some(handle.clone()), self);
-        rt::spawn(&spawner, TokioTimer, self, f)
+        spawn_bound(Some(handle.clone()), self, f)
     }
 
     fn sleep(&self, duration: Duration) -> Run<'_, tokio::time::Sleep> {
         rt::Run::new(self, TokioTimer, tokio::time::sleep(duration))
     }
+}
+
+/// [`ContextExt::spawn`]: with `tracing`, the user's future runs in `parent`'s span (or
+/// the span current here), and the spawner adds none.
+#[track_caller]
+fn spawn_bound<F, Fut>(
+    handle: Option<tokio::runtime::Handle>,
+    parent: &Context,
+    f: F,
+) -> JoinHandle<Fut::Output>
+where
+    F: FnOnce(Context) -> Fut,
+    Fut: Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    #[cfg(feature = "tracing")]
+    {
+        let span = kontext_tracing::TracingExt::span_or_current(parent);
+        let spawner = TokioSpawner {
+            handle,
+            span: TaskSpan::Carried,
+        };
+        rt::spawn(&spawner, TokioTimer, parent, move |ctx| {
+            tracing::Instrument::instrument(f(ctx), span)
+        })
+    }
+    #[cfg(not(feature = "tracing"))]
+    rt::spawn(&TokioSpawner { handle }, TokioTimer, parent, f)
 }
 
 /// Waits until every task counted by `tracker` has ended, or until `grace` has passed in

@@ -55,10 +55,11 @@
 //! walk over the value nodes above a context. An instrumented future is the future and its
 //! span side by side (no allocation); each poll enters and exits the span. Measured on the
 //! development machine (2 cores, release, `kontext-tokio` `spawn` + `await` of an empty task
-//! on a current-thread runtime, best of 7 runs of 200 000, 4 alternating rounds): 593–599 ns
-//! without the feature; 615–658 ns with it and no subscriber; 576–614 ns with a
-//! `tracing-subscriber` registry and no span anywhere; 708–738 ns with the registry and a
-//! span in the context (the span cloned for the task, entered and exited on each poll).
+//! on a current-thread runtime, best of 7 runs of 200 000, 4 alternating rounds): 565–582 ns
+//! without the feature; 587–607 ns with it and no subscriber; 560–571 ns with a
+//! `tracing-subscriber` registry and no span anywhere; 659–672 ns with the registry and a
+//! span in the context (the span cloned once for the task, entered and exited on each poll,
+//! released at its end).
 
 #![forbid(unsafe_code)]
 
