@@ -31,6 +31,9 @@ host_checks=(
   "-p kontext-embassy"
   "-p kontext-embassy --features alloc"
   "-p kontext-tower --all-features"
+  "-p kontext-tracing"
+  "-p kontext-tokio --features tracing"
+  "-p kontext-smol --features tracing"
 )
 thumb_checks=(
   "-p kontext --no-default-features"
