@@ -98,12 +98,10 @@ cancel_observed(t.cast(), deadline_state(unsafe { time_ext(t) })); \
      "link.refs.fetch_sub(MEM_REGISTERED, Relaxed);",
      MIRI,
      "the walker releases a user node with Relaxed"),
-    ("linked-relaxed", "core/src/waitlist.rs",
-     "(*p).linked.store(false, Release);",
-     "(*p).linked.store(false, Relaxed);",
-     MIRI,
-     "the walker clears a waiter's `linked` flag with Relaxed"),
+    # (The `linked` flag's Release, weakened, is caught by loom: `linked-relaxed-loom`.
+    # Miri caught it in one run of two: its scheduling is not exhaustive.)
 ]
+
 
 def main():
     want = set(sys.argv[1:])
