@@ -1,12 +1,15 @@
 //! kontext-smol behaviour. Time is injected (`ManualTime` as clock and timer) so deadline
 //! tests are deterministic; real `async-io` timers are used only where nothing is timed.
 
+#[path = "../../tokio/tests/support/watchdog.rs"]
+mod watchdog;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::Duration;
+use watchdog::watchdog;
 
 use async_executor::Executor;
 use kontext_smol::kontext::Clock as _;
@@ -125,6 +128,7 @@ fn a_spawned_task_is_dropped_when_its_parent_is_cancelled() {
 
 #[test]
 fn group_first_error_cancels_the_workers_and_wait_returns_it() {
+    let _watchdog = watchdog("group_first_error_cancels_the_workers_and_wait_returns_it");
     smol::block_on(async {
         let root = kontext_smol::background();
         let group: Group<Failed> = Group::new(&root);
@@ -153,6 +157,7 @@ fn group_first_error_cancels_the_workers_and_wait_returns_it() {
 
 #[test]
 fn group_limit_is_honoured() {
+    let _watchdog = watchdog("group_limit_is_honoured");
     smol::block_on(async {
         let group: Group<Failed> = Group::new(&kontext_smol::background()).limit(3);
         let running = Arc::new(AtomicUsize::new(0));
@@ -180,6 +185,7 @@ fn group_limit_is_honoured() {
 
 #[test]
 fn a_group_on_an_explicit_executor_with_injected_time() {
+    let _watchdog = watchdog("a_group_on_an_explicit_executor_with_injected_time");
     static TIME: ManualTime = ManualTime::new();
     let ex = Arc::new(Executor::new());
     let root = Context::with_clock(&TIME);
@@ -209,6 +215,7 @@ fn a_group_on_an_explicit_executor_with_injected_time() {
 
 #[test]
 fn nothing_is_leaked_after_a_group_ends() {
+    let _watchdog = watchdog("nothing_is_leaked_after_a_group_ends");
     let witness = Arc::new(());
     let weak: Weak<()> = Arc::downgrade(&witness);
     let ex = Arc::new(Executor::new());
@@ -243,6 +250,7 @@ fn nothing_is_leaked_after_a_group_ends() {
 
 #[test]
 fn drain_after_cancel() {
+    let _watchdog = watchdog("drain_after_cancel");
     smol::block_on(async {
         let (server, stop) = kontext_smol::background().child();
         let (tracked, tracker) = TaskTracker::attach(&server);
