@@ -173,6 +173,25 @@ impl rt::Spawn for SmolSpawner {
         };
         self.start(future)
     }
+
+    /// With feature `tracing`, a spawner that follows the current span runs a bound task
+    /// in its context's span when it has one (a [`Group`]'s tasks run in the group
+    /// context's span), else in the current one.
+    #[track_caller]
+    fn spawn_in<F>(&self, ctx: &kontext::Ctx, future: F) -> SmolHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        #[cfg(feature = "tracing")]
+        if let TaskSpan::Current = self.span {
+            if let Some(span) = ctx.value::<tracing::Span>() {
+                return self.start(tracing::Instrument::instrument(future, span.clone()));
+            }
+        }
+        let _ = ctx;
+        rt::Spawn::spawn(self, future)
+    }
 }
 
 impl SmolSpawner {

@@ -107,6 +107,25 @@ async fn group_tasks_run_in_the_span_current_at_spawn_or_the_spawners() {
     assert_eq!(seen[0].span_names(), ["request"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_tasks_run_in_the_group_contexts_span() {
+    capture::install();
+    // The group's context carries the request span; its tasks are spawned from inside
+    // another span: the context's wins (the spawner runs bound tasks in their context's).
+    let req = kontext_tokio::background().with_span(info_span!("request", test = "group_ctx"));
+    let group: Group<std::io::Error> = Group::new(&req);
+    info_span!("elsewhere", test = "group_ctx").in_scope(|| {
+        group.spawn(|_| async {
+            tokio::task::yield_now().await;
+            tracing::info!("group task");
+            Ok(())
+        });
+    });
+    bounded(group.wait()).await.unwrap();
+    let seen = wait_for("group_ctx", 1, |e| e.message() == "group task");
+    assert_eq!(seen[0].span_names(), ["request"], "{seen:#?}");
+}
+
 /// Logs when dropped: shows where a cancelled task's future is dropped.
 struct LogOnDrop;
 

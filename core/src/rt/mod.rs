@@ -72,6 +72,19 @@ pub trait Spawn: Clone + Send + Sync + 'static {
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static;
+
+    /// Starts `future`, the task of a context-bound spawn whose context is `ctx` (what
+    /// [`spawn`] and [`Group`] call). The default is [`spawn`](Spawn::spawn); an adapter
+    /// may run the task in something the context carries, such as its tracing span.
+    #[track_caller]
+    fn spawn_in<F>(&self, ctx: &crate::Ctx, future: F) -> Self::Handle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let _ = ctx;
+        self.spawn(future)
+    }
 }
 
 #[cfg(feature = "rt")]

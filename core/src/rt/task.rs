@@ -56,14 +56,18 @@ where
     let token = parent.value::<TaskTracker>().map(TaskTracker::enter);
     let remote = handle.unarmed();
     let future = f(child.clone());
-    let task = Task {
-        done: Some(DoneOwned::new(child, timer)),
-        future: Some(future),
-        handle: Some(handle),
-        token,
+    let inner = {
+        let ctx = child.clone();
+        let task = Task {
+            done: Some(DoneOwned::new(child, timer)),
+            future: Some(future),
+            handle: Some(handle),
+            token,
+        };
+        spawner.spawn_in(&ctx, task)
     };
     JoinHandle {
-        inner: spawner.spawn(task),
+        inner,
         handle: remote,
     }
 }
