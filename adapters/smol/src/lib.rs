@@ -103,20 +103,7 @@ impl rt::Timer for SmolTimer {
 pub struct SmolSpawner {
     executor: Option<Arc<Executor<'static>>>,
     #[cfg(feature = "tracing")]
-    span: TaskSpan,
-}
-
-/// The span the tasks of a spawner run in (feature `tracing`).
-#[cfg(feature = "tracing")]
-#[derive(Debug, Clone, Default)]
-enum TaskSpan {
-    /// The span current at each spawn.
-    #[default]
-    Current,
-    /// This one.
-    Given(tracing::Span),
-    /// None added: the future runs in its context's span already ([`ContextExt::spawn`]).
-    Carried,
+    span: kontext_tracing::TaskSpan,
 }
 
 impl SmolSpawner {
@@ -125,7 +112,7 @@ impl SmolSpawner {
         SmolSpawner {
             executor: Some(executor),
             #[cfg(feature = "tracing")]
-            span: TaskSpan::Current,
+            span: kontext_tracing::TaskSpan::Current,
         }
     }
 
@@ -151,7 +138,7 @@ impl SmolSpawner {
     #[cfg(feature = "tracing")]
     #[must_use]
     pub fn with_span(mut self, span: tracing::Span) -> Self {
-        self.span = TaskSpan::Given(span);
+        self.span = kontext_tracing::TaskSpan::Given(span);
         self
     }
 }
@@ -164,14 +151,7 @@ impl rt::Spawn for SmolSpawner {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        // In the span, in place: `Instrumented<F>` allocates nothing of its own.
-        #[cfg(feature = "tracing")]
-        let future = match &self.span {
-            TaskSpan::Current => tracing::Instrument::instrument(future, tracing::Span::current()),
-            TaskSpan::Given(span) => tracing::Instrument::instrument(future, span.clone()),
-            TaskSpan::Carried => return self.start(future),
-        };
-        self.start(future)
+        self.spawn_for(None, future)
     }
 
     /// With feature `tracing`, a spawner that follows the current span runs a bound task
@@ -183,18 +163,28 @@ impl rt::Spawn for SmolSpawner {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        #[cfg(feature = "tracing")]
-        if let TaskSpan::Current = self.span {
-            if let Some(span) = ctx.value::<tracing::Span>() {
-                return self.start(tracing::Instrument::instrument(future, span.clone()));
-            }
-        }
-        let _ = ctx;
-        rt::Spawn::spawn(self, future)
+        self.spawn_for(Some(ctx), future)
     }
 }
 
 impl SmolSpawner {
+    /// Starts `future`, for the context `ctx` if it is a bound task's, in the span the
+    /// spawner's `TaskSpan` picks (feature `tracing`).
+    #[track_caller]
+    fn spawn_for<F>(&self, ctx: Option<&kontext::Ctx>, future: F) -> SmolHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        // In the span, in place: `Instrumented<F>` allocates nothing of its own.
+        #[cfg(feature = "tracing")]
+        if let Some(span) = self.span.for_task(ctx) {
+            return self.start(tracing::Instrument::instrument(future, span));
+        }
+        let _ = ctx;
+        self.start(future)
+    }
+
     /// Starts `future` as it is.
     #[track_caller]
     fn start<F>(&self, future: F) -> <Self as rt::Spawn>::Handle<F::Output>
@@ -336,7 +326,7 @@ where
         let span = kontext_tracing::TracingExt::span_or_current(parent);
         let spawner = SmolSpawner {
             executor,
-            span: TaskSpan::Carried,
+            span: kontext_tracing::TaskSpan::Carried,
         };
         rt::spawn(&spawner, SmolTimer, parent, move |ctx| {
             tracing::Instrument::instrument(f(ctx), span)

@@ -178,20 +178,7 @@ impl rt::Timer for TokioTimer {
 pub struct TokioSpawner {
     handle: Option<tokio::runtime::Handle>,
     #[cfg(feature = "tracing")]
-    span: TaskSpan,
-}
-
-/// The span the tasks of a spawner run in (feature `tracing`).
-#[cfg(feature = "tracing")]
-#[derive(Debug, Clone, Default)]
-enum TaskSpan {
-    /// The span current at each spawn.
-    #[default]
-    Current,
-    /// This one.
-    Given(tracing::Span),
-    /// None added: the future runs in its context's span already ([`ContextExt::spawn`]).
-    Carried,
+    span: kontext_tracing::TaskSpan,
 }
 
 impl TokioSpawner {
@@ -200,7 +187,7 @@ impl TokioSpawner {
         TokioSpawner {
             handle: Some(handle),
             #[cfg(feature = "tracing")]
-            span: TaskSpan::Current,
+            span: kontext_tracing::TaskSpan::Current,
         }
     }
 
@@ -228,7 +215,7 @@ impl TokioSpawner {
     #[cfg_attr(docsrs, doc(cfg(feature = "tracing")))]
     #[must_use]
     pub fn with_span(mut self, span: tracing::Span) -> Self {
-        self.span = TaskSpan::Given(span);
+        self.span = kontext_tracing::TaskSpan::Given(span);
         self
     }
 }
@@ -241,14 +228,7 @@ impl rt::Spawn for TokioSpawner {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        // In the span, in place: `Instrumented<F>` allocates nothing of its own.
-        #[cfg(feature = "tracing")]
-        let future = match &self.span {
-            TaskSpan::Current => tracing::Instrument::instrument(future, tracing::Span::current()),
-            TaskSpan::Given(span) => tracing::Instrument::instrument(future, span.clone()),
-            TaskSpan::Carried => return self.start(future),
-        };
-        self.start(future)
+        self.spawn_for(None, future)
     }
 
     /// With feature `tracing`, a spawner that follows the current span runs a bound task
@@ -260,18 +240,28 @@ impl rt::Spawn for TokioSpawner {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        #[cfg(feature = "tracing")]
-        if let TaskSpan::Current = self.span {
-            if let Some(span) = ctx.value::<tracing::Span>() {
-                return self.start(tracing::Instrument::instrument(future, span.clone()));
-            }
-        }
-        let _ = ctx;
-        rt::Spawn::spawn(self, future)
+        self.spawn_for(Some(ctx), future)
     }
 }
 
 impl TokioSpawner {
+    /// Starts `future`, for the context `ctx` if it is a bound task's, in the span the
+    /// spawner's `TaskSpan` picks (feature `tracing`).
+    #[track_caller]
+    fn spawn_for<F>(&self, ctx: Option<&kontext::Ctx>, future: F) -> TokioHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        // In the span, in place: `Instrumented<F>` allocates nothing of its own.
+        #[cfg(feature = "tracing")]
+        if let Some(span) = self.span.for_task(ctx) {
+            return self.start(tracing::Instrument::instrument(future, span));
+        }
+        let _ = ctx;
+        self.start(future)
+    }
+
     /// Starts `future` as it is.
     #[track_caller]
     fn start<F>(&self, future: F) -> <Self as rt::Spawn>::Handle<F::Output>
@@ -396,7 +386,7 @@ where
         let span = kontext_tracing::TracingExt::span_or_current(parent);
         let spawner = TokioSpawner {
             handle,
-            span: TaskSpan::Carried,
+            span: kontext_tracing::TaskSpan::Carried,
         };
         rt::spawn(&spawner, TokioTimer, parent, move |ctx| {
             tracing::Instrument::instrument(f(ctx), span)

@@ -72,6 +72,7 @@ use kontext::{Context, OnCancel};
 use tracing::instrument::Instrumented;
 use tracing::{Level, Span};
 
+pub use span::TaskSpan;
 #[doc(no_inline)]
 pub use tracing::Instrument;
 

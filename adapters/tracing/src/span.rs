@@ -16,6 +16,43 @@ pub(crate) fn or_current(ctx: &Ctx) -> Span {
     }
 }
 
+/// Which span the tasks of a runtime adapter's spawner run in: what kontext-tokio's and
+/// kontext-smol's spawners hold (their `with_span`), in one place.
+///
+/// ```
+/// use kontext::Context;
+/// use kontext_tracing::{TaskSpan, TracingExt};
+///
+/// let req = Context::background().with_span(tracing::info_span!("request"));
+/// // A bound task runs in a span (its context's, else the current one) ...
+/// assert!(TaskSpan::Current.for_task(Some(&req)).is_some());
+/// // ... unless its future carries its context's span already.
+/// assert!(TaskSpan::Carried.for_task(Some(&req)).is_none());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub enum TaskSpan {
+    /// The span of the task's context, if it has one (for a context-bound spawn), else
+    /// the span current at the spawn.
+    #[default]
+    Current,
+    /// This span, whatever the context.
+    Given(Span),
+    /// None added: the future already runs in its context's span.
+    Carried,
+}
+
+impl TaskSpan {
+    /// The span to run a task in, spawned now for the context `ctx` (`None`: a spawn not
+    /// bound to a context); `None` to add none.
+    pub fn for_task(&self, ctx: Option<&Ctx>) -> Option<Span> {
+        match self {
+            TaskSpan::Current => Some(ctx.map_or_else(Span::current, or_current)),
+            TaskSpan::Given(span) => Some(span.clone()),
+            TaskSpan::Carried => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use kontext::Context;
