@@ -105,7 +105,8 @@ unsafe impl Sync for Alarms {}
 /// A deadline node's place in a queue (`tree::DeadlineNode::alarm`).
 pub(crate) struct AlarmEntry {
     state: AtomicUsize,
-    /// The queue the node is armed in; written before `ARMED` (under that queue's lock).
+    /// The queue the node is armed in: claimed once, by the first thread that arms it,
+    /// before `ARMED`.
     queue: AtomicPtr<Alarms>,
     /// Guarded by the queue's lock.
     prev: UnsafeCell<*mut DeadlineNode>,
@@ -356,37 +357,47 @@ pub(crate) unsafe fn arm(n: NonNull<DeadlineNode>, q: &'static Alarms) {
     if e.state.load(Relaxed) != IDLE {
         return;
     }
+    // The node's one queue: the first arming thread's. A clock may give each thread its
+    // own queue (tokio's), and two threads may arm the same node at once; all of them
+    // then lock the queue the first one claimed, whose lock orders every change of the
+    // state away from `IDLE` (invariant 1).
+    // AcqRel: Release publishes our claim to the others; Acquire, theirs to us.
+    let q: &Alarms = match e.queue.compare_exchange(
+        ptr::null_mut(),
+        ptr::from_ref(q).cast_mut(),
+        AcqRel,
+        Acquire,
+    ) {
+        Ok(_) => q,
+        // SAFETY: queues are `'static`.
+        Err(claimed) => unsafe { &*claimed },
+    };
     // Invariant 2: the queue's handle, taken before the node can be reached from the queue.
     tree::acquire_for_queue(n);
     let g = q.lock.lock();
-    // Relaxed: every change of the state away from `IDLE` is made under a queue lock, and a
-    // node is only ever armed in its clock's one queue.
+    // Relaxed: every change of the state away from `IDLE` is made under this lock.
     if e.state.load(Relaxed) != IDLE {
         drop(g);
         // SAFETY: the handle we took above.
         unsafe { tree::release_for_queue(n) };
         return;
     }
-    // Relaxed: read under the lock by whoever unlinks, or after seeing `ARMED` (Acquire).
-    e.queue.store(ptr::from_ref(q).cast_mut(), Relaxed);
     // SAFETY: we hold the lock; `n` is alive and unlinked (`IDLE`).
-    let (head, wake) = q.inner.with_mut(|i| unsafe {
+    let wake = q.inner.with_mut(|i| unsafe {
         let i = &mut *i;
         let head = link(i, n.as_ptr());
         let at = tree::deadline_of(n.as_ptr());
         // Wake the driver only if it would otherwise sleep past the new head.
-        let wake = if head && at < i.driver_until {
+        if head && at < i.driver_until {
             i.driver_until = at;
             i.driver.take()
         } else {
             None
-        };
-        (head, wake)
+        }
     });
     // Release: a lock-free reader that sees `ARMED` (a cancel's `disarm`) also sees `queue`.
     e.state.store(ARMED, Release);
     drop(g);
-    let _ = head;
     if let Some(w) = wake {
         w.wake();
     }

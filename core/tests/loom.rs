@@ -737,3 +737,43 @@ fn alarm_fire_races_waiter_registration() {
         assert_eq!(armed(clock), 0);
     });
 }
+
+/// A clock that hands out one of two queues, alternately (as tokio's gives each thread its
+/// own): two threads arming the same deadline at once must still arm it once, in one queue.
+struct TwoQueues {
+    clock: ManualClock,
+    queues: [kontext::Alarms; 2],
+    next: AtomicUsize,
+}
+
+impl kontext::Clock for TwoQueues {
+    fn now(&self) -> kontext::Instant {
+        self.clock.now()
+    }
+    fn alarms(&self) -> Option<&kontext::Alarms> {
+        Some(&self.queues[self.next.fetch_add(1, SeqCst) % 2])
+    }
+}
+
+/// Alarm invariant 1: arming the same node from two threads that get different queues.
+#[test]
+fn alarm_armed_from_two_threads_with_their_own_queues() {
+    model(|| {
+        let clock: &'static TwoQueues = Box::leak(Box::new(TwoQueues {
+            clock: ManualClock::new(),
+            queues: [kontext::Alarms::new(), kontext::Alarms::new()],
+            next: AtomicUsize::new(0),
+        }));
+        let root = Context::with_clock(clock);
+        let (ctx, cancel) = root.with_timeout(core::time::Duration::from_secs(1));
+        let other = ctx.clone();
+        let t = thread::spawn(move || other.on_cancel(|| {}));
+        let mine = ctx.on_cancel(|| {});
+        let theirs = t.join().unwrap();
+        let armed = |c: &TwoQueues| c.queues[0].armed() + c.queues[1].armed();
+        assert_eq!(armed(clock), 1, "armed once, in one queue");
+        cancel.cancel();
+        assert_eq!(armed(clock), 0);
+        assert!(mine.has_run() && theirs.has_run());
+    });
+}

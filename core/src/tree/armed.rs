@@ -43,40 +43,36 @@ pub(crate) unsafe fn deadline_node_done(n: NonNull<DeadlineNode>) -> bool {
 }
 
 impl Header {
+    /// The deadline node this context's deadline comes from, with its alarm entry.
+    #[inline]
+    fn deadline_entry(&self) -> Option<(NonNull<DeadlineNode>, &AlarmEntry)> {
+        let t = self.time_src?;
+        // SAFETY: invariant 2 keeps the time source alive.
+        if unsafe { t.as_ref() }.link.kind != Kind::Deadline {
+            return None;
+        }
+        let n = t.cast::<DeadlineNode>();
+        // SAFETY: a deadline node, alive as long as `self` (invariant 2).
+        Some((n, unsafe { alarm_entry(n.as_ptr()) }))
+    }
+
     /// Something now waits on this context (a waiter links, a callback registers): arms its
     /// deadline's alarm, if it has a deadline that can pass and its clock can fire it
     /// (`alarm.rs`). One load on every later call.
     #[inline]
     pub(crate) fn arm_deadline(&self) {
-        let Some(t) = self.time_src else { return };
-        // SAFETY: invariant 2 keeps the time source alive.
-        if unsafe { t.as_ref() }.link.kind != Kind::Deadline {
-            return;
+        if let Some((n, e)) = self.deadline_entry() {
+            if e.is_idle() {
+                arm_cold(n);
+            }
         }
-        let n = t.cast::<DeadlineNode>();
-        // SAFETY: a deadline node, alive (invariant 2).
-        let e = unsafe { alarm_entry(n.as_ptr()) };
-        if !e.is_idle() {
-            return;
-        }
-        arm_cold(n);
     }
-}
 
-impl Header {
     /// Whether this context's deadline is armed in its clock's alarm queue (or has fired
     /// or been disarmed since): it needs no timer of a waiter's own.
     #[cfg(feature = "timer")]
     pub(crate) fn deadline_armed(&self) -> bool {
-        let Some(t) = self.time_src else {
-            return false;
-        };
-        // SAFETY: invariant 2 keeps the time source alive.
-        if unsafe { t.as_ref() }.link.kind != Kind::Deadline {
-            return false;
-        }
-        // SAFETY: a deadline node, alive (invariant 2).
-        !unsafe { alarm_entry(t.cast::<DeadlineNode>().as_ptr()) }.is_idle()
+        self.deadline_entry().is_some_and(|(_, e)| !e.is_idle())
     }
 }
 
