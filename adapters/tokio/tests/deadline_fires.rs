@@ -63,15 +63,20 @@ async fn the_race_ends_at_the_deadline() {
     assert_eq!(start.elapsed(), Duration::from_millis(70));
 }
 
+/// A current-thread runtime on paused time, for a test's own thread.
+fn paused_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn a_std_clock_tree_inside_a_paused_runtime_does_not_spin() {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .start_paused(true)
-            .build()
-            .unwrap();
+        let rt = paused_runtime();
         rt.block_on(async move {
             // `Context::background()` measures deadlines on real time: its alarm thread
             // fires it; the paused runtime just waits to be woken.
@@ -115,29 +120,26 @@ fn on_a_multi_thread_runtime_a_callback_fires_at_the_deadline() {
 #[test]
 fn paused_runtimes_in_parallel_fire_their_own_deadlines_on_their_own_time() {
     let fired = Arc::new(AtomicUsize::new(0));
-    let threads: Vec<_> = [20u64, 5_000, 90]
-        .into_iter()
-        .map(|ms| {
-            let fired = fired.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .start_paused(true)
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    let start = Instant::now();
-                    let (ctx, _c) =
-                        kontext_tokio::background().with_timeout(Duration::from_millis(ms));
-                    ctx.cancelled().await;
-                    assert_eq!(start.elapsed(), Duration::from_millis(ms));
-                    fired.fetch_add(1, SeqCst);
-                });
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap();
+    let (done, finished) = mpsc::channel();
+    for ms in [20u64, 5_000, 90] {
+        let fired = fired.clone();
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let rt = paused_runtime();
+            rt.block_on(async move {
+                let start = Instant::now();
+                let (ctx, _c) = kontext_tokio::background().with_timeout(Duration::from_millis(ms));
+                ctx.cancelled().await;
+                assert_eq!(start.elapsed(), Duration::from_millis(ms));
+                fired.fetch_add(1, SeqCst);
+            });
+            let _ = done.send(());
+        });
+    }
+    for _ in 0..3 {
+        finished
+            .recv_timeout(Duration::from_secs(5))
+            .expect("each runtime's deadline fired within 5 s");
     }
     assert_eq!(fired.load(SeqCst), 3);
 }
