@@ -2,43 +2,23 @@
 //! driver task, for static and pinned nodes and without a heap. On the mock time driver
 //! (process-global: this file is its own test binary, and runs one test).
 
+mod support;
+
 use core::future::Future;
 use core::pin::{pin, Pin};
-use core::task::{Context as TaskContext, Poll, Waker};
+use core::task::Waker;
 use core::time::Duration;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::Arc;
-use std::task::Wake;
+use std::sync::atomic::Ordering::SeqCst;
 
 use embassy_time::MockDriver;
 use kontext_embassy::node::DeadlineNode;
 use kontext_embassy::{root, Clock, EmbassyClock, Error};
-
-#[derive(Default)]
-struct Counter(AtomicUsize);
-impl Wake for Counter {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, SeqCst);
-    }
-}
-
-fn counting_waker() -> (Arc<Counter>, Waker) {
-    let c = Arc::new(Counter::default());
-    (c.clone(), Waker::from(c))
-}
-
-fn poll<F: Future + ?Sized>(f: Pin<&mut F>, w: &Waker) -> Poll<F::Output> {
-    f.poll(&mut TaskContext::from_waker(w))
-}
+use support::{advance, counting_waker, poll, Counter};
 
 /// The mock clock and the driver flag are global: one test at a time.
 fn turn() -> std::sync::MutexGuard<'static, ()> {
     static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
     TURN.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn advance(d: Duration) {
-    MockDriver::get().advance(embassy_time::Duration::from_micros(d.as_micros() as u64));
 }
 
 /// Polls the driver whenever it was woken, as its executor would.
@@ -100,6 +80,8 @@ fn pinned_deadlines_fire_at_their_deadline_from_the_driver_task() {
 #[cfg(feature = "alloc")]
 #[test]
 fn on_cancel_fires_at_the_deadline_with_nobody_looking() {
+    use std::sync::{atomic::AtomicUsize, Arc};
+
     // Shares the process with the test above (in turn): each polls a driver of its own.
     let _turn = turn();
     MockDriver::get().reset();

@@ -2,18 +2,20 @@
 //! to use kontext-embassy. Runs with and without the `alloc` feature. The mock clock is
 //! process-global: the tests take turns on it, each from a reset clock.
 
+mod support;
+
 use core::future::Future;
 use core::pin::{pin, Pin};
-use core::task::{Context as TaskContext, Poll, Waker};
+use core::task::Poll;
 use core::time::Duration;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Wake;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::{Mutex, MutexGuard};
 
 use embassy_time::MockDriver;
 use kontext_embassy::node::{CancelNode, DeadlineNode, ValueNode};
 use kontext_embassy::{root, Clock, Context, ContextExt, ContextOwnedExt, Ctx, EmbassyClock};
 use kontext_embassy::{Error, Instant};
+use support::{advance, counting_waker, poll};
 
 /// The mock clock is global: one test at a time, each from time zero.
 fn clock() -> MutexGuard<'static, ()> {
@@ -21,27 +23,6 @@ fn clock() -> MutexGuard<'static, ()> {
     let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     MockDriver::get().reset();
     turn
-}
-
-fn advance(d: Duration) {
-    MockDriver::get().advance(embassy_time::Duration::from_micros(d.as_micros() as u64));
-}
-
-#[derive(Default)]
-struct Counter(AtomicUsize);
-impl Wake for Counter {
-    fn wake(self: Arc<Self>) {
-        self.0.fetch_add(1, SeqCst);
-    }
-}
-
-fn counting_waker() -> (Arc<Counter>, Waker) {
-    let c = Arc::new(Counter::default());
-    (c.clone(), Waker::from(c))
-}
-
-fn poll<F: Future + ?Sized>(f: Pin<&mut F>, w: &Waker) -> Poll<F::Output> {
-    f.poll(&mut TaskContext::from_waker(w))
 }
 
 const MS: Duration = Duration::from_millis(1);
