@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# kontext-tower with every feature (axum, tonic, reqwest, tracing): the default
+# kontext-tower with every feature (axum, tonic, reqwest, tracing, otel): the default
 # `cargo test --workspace` covers the server and client layers without features; the
-# extractor, tonic and reqwest helpers and their loopback tests need them.
+# extractor, tonic, reqwest and OpenTelemetry helpers and their loopback tests need them.
 # The dev-dependencies (hyper, axum, tonic, reqwest) are already built by the main gates,
 # so this adds a rebuild of kontext-tower and its tests only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo clippy -p kontext-tower --all-targets --all-features -- -D warnings
-for f in axum tonic reqwest tracing; do
+for f in axum tonic reqwest tracing otel; do
   cargo clippy -p kontext-tower --features "$f" -- -D warnings
 done
 RUSTDOCFLAGS=-Dwarnings cargo doc -p kontext-tower --no-deps --all-features

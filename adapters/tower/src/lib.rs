@@ -75,6 +75,10 @@
 //! - `tracing`: the span current when a request arrives (tower-http's `TraceLayer` span)
 //!   becomes a value of its context, and one debug event (target `kontext_tower`, fields
 //!   `outcome` and `cause`) in that span says how the request's context ended.
+//! - `otel`: module `otel`: an `opentelemetry::Context` (trace, baggage) as a value of the
+//!   request's context, extracted from inbound and injected into outbound W3C
+//!   `traceparent`/`baggage` headers with a propagator you pass in (the opentelemetry
+//!   crates are licensed Apache-2.0).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -90,6 +94,9 @@ mod watch;
 
 #[cfg(feature = "axum")]
 mod axum;
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub mod otel;
 #[cfg(feature = "reqwest")]
 mod reqwest;
 #[cfg(feature = "tonic")]
