@@ -210,18 +210,18 @@ impl Ctx {
 }
 
 impl Ctx {
-    /// The clock a deadline below this context is measured on.
-    ///
-    /// # Panics
-    /// If the tree has none (without `std`, a root not made by `Context::with_clock` or a
-    /// `node::ClockRoot`).
-    #[track_caller]
     /// Whether the deadline is armed in its clock's alarm queue, so it fires on its own.
     #[cfg(feature = "timer")]
     pub(crate) fn deadline_armed(&self) -> bool {
         self.header().is_some_and(|h| h.deadline_armed())
     }
 
+    /// The clock a deadline below this context is measured on.
+    ///
+    /// # Panics
+    /// If the tree has none (without `std`, a root not made by `Context::with_clock` or a
+    /// `node::ClockRoot`).
+    #[track_caller]
     pub(crate) fn tree_clock(&self) -> &'static dyn Clock {
         self.clock().expect(
             "kontext: this context tree has no clock (root it with Context::with_clock or a node::ClockRoot)",
@@ -527,18 +527,57 @@ impl Context {
     /// default), or `stop()` callbacks you no longer need. With
     /// `std`, a panic in `f` is caught so the rest of the tree is still cancelled and every
     /// other callback runs; the canceller then resumes the first panic.
+    ///
+    /// For a borrowed [`Ctx`] (a context in a `static` or pinned
+    /// [`node`](crate::node)), [`Ctx::on_cancel`] registers the same way and returns an
+    /// [`OnCancelRef`] that borrows the context.
     #[doc(alias = "AfterFunc")]
     pub fn on_cancel<F: FnOnce() + Send + 'static>(&self, f: F) -> OnCancel {
-        match self.header() {
-            None => OnCancel::unregistered(false),
-            Some(h) => match tree::new_callback(h, f) {
-                Some(entry) => OnCancel {
-                    entry: Some(entry),
-                    local: AtomicUsize::new(0),
-                },
-                // Not registered: it ran at once (done context) or never can (no cancel).
-                None => OnCancel::unregistered(h.state_src().is_some()),
-            },
+        OnCancel::register(self.header(), f)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl Ctx {
+    /// Runs `f` once when the context is done (Go's `context.AfterFunc`), as
+    /// [`Context::on_cancel`], for a context you only borrow: one in a pinned or `static`
+    /// [`node`](crate::node) (with `alloc`: the callback is one heap entry), or any
+    /// `&Ctx` a function was given.
+    ///
+    /// The returned [`OnCancelRef`] borrows the context, so it cannot outlive a pinned
+    /// node's storage. As with [`OnCancel`], dropping it leaves the callback registered;
+    /// if the node's storage is dropped before the context is done, a callback still
+    /// registered there is dropped without running (dropping a pinned node does not cancel
+    /// it). On a heap context the registration keeps the context alive, as
+    /// [`Context::on_cancel`]'s does.
+    ///
+    /// `f` runs on the thread that cancels the context (or observes its deadline), or right
+    /// now if it already is done. A cancel walking from above a pinned node runs it after
+    /// leaving that node, so `f` may wake a task that drops the node (even one its executor
+    /// polls inline) without deadlock.
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::sync::Arc;
+    /// use kontext::{node::CancelNode, Ctx};
+    ///
+    /// let request = pin!(CancelNode::<4>::new());
+    /// let ctx: &Ctx = request.as_ref().attach(Ctx::background());
+    ///
+    /// let ran = Arc::new(AtomicBool::new(false));
+    /// let r = ran.clone();
+    /// let registration = ctx.on_cancel(move || r.store(true, Ordering::SeqCst));
+    ///
+    /// request.cancel();
+    /// assert!(ran.load(Ordering::SeqCst));
+    /// assert!(registration.has_run());
+    /// ```
+    #[doc(alias = "AfterFunc")]
+    pub fn on_cancel<F: FnOnce() + Send + 'static>(&self, f: F) -> OnCancelRef<'_> {
+        OnCancelRef {
+            inner: OnCancel::register(self.header(), f),
+            _ctx: core::marker::PhantomData,
         }
     }
 }
@@ -888,6 +927,20 @@ unsafe impl Sync for OnCancel {}
 
 #[cfg(feature = "alloc")]
 impl OnCancel {
+    fn register<F: FnOnce() + Send + 'static>(h: Option<&Header>, f: F) -> OnCancel {
+        match h {
+            None => OnCancel::unregistered(false),
+            Some(h) => match tree::new_callback(h, f) {
+                Some(entry) => OnCancel {
+                    entry: Some(entry),
+                    local: AtomicUsize::new(0),
+                },
+                // Not registered: it ran at once (done context) or never can (no cancel).
+                None => OnCancel::unregistered(h.state_src().is_some()),
+            },
+        }
+    }
+
     fn unregistered(ran: bool) -> OnCancel {
         OnCancel {
             entry: None,
@@ -936,6 +989,53 @@ impl Drop for OnCancel {
 impl fmt::Debug for OnCancel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OnCancel")
+            .field("has_run", &self.has_run())
+            .finish()
+    }
+}
+
+/// A callback registered with [`Ctx::on_cancel`] on a borrowed context (Go's `AfterFunc`
+/// `stop` function): an [`OnCancel`] that cannot outlive the context's storage.
+///
+/// Dropping it leaves the callback registered (see [`Ctx::on_cancel`] for what happens
+/// when a pinned node's storage goes first).
+#[cfg(feature = "alloc")]
+#[must_use = "dropping OnCancelRef keeps the callback registered; call stop() to unregister"]
+pub struct OnCancelRef<'a> {
+    inner: OnCancel,
+    _ctx: core::marker::PhantomData<&'a Ctx>,
+}
+
+#[cfg(feature = "alloc")]
+impl OnCancelRef<'_> {
+    /// Unregisters the callback. `true` if that stopped it from running; `false` if it
+    /// already ran, is running, or was stopped before (Go's `stop()`).
+    ///
+    /// ```
+    /// use core::pin::pin;
+    /// use kontext::{node::CancelNode, Ctx};
+    ///
+    /// let node = pin!(CancelNode::<4>::new());
+    /// let ctx = node.as_ref().attach(Ctx::background());
+    /// let registration = ctx.on_cancel(|| unreachable!("stopped first"));
+    /// assert!(registration.stop());
+    /// node.cancel();
+    /// assert!(!registration.has_run());
+    /// ```
+    pub fn stop(&self) -> bool {
+        self.inner.stop()
+    }
+
+    /// Whether the callback has run (or started running).
+    pub fn has_run(&self) -> bool {
+        self.inner.has_run()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl fmt::Debug for OnCancelRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OnCancelRef")
             .field("has_run", &self.has_run())
             .finish()
     }

@@ -22,7 +22,7 @@ mod waitlist;
 
 pub use crate::alarm::Alarms;
 #[cfg(feature = "alloc")]
-pub use crate::context::{CancelHandle, OnCancel};
+pub use crate::context::{CancelHandle, OnCancel, OnCancelRef};
 pub use crate::context::{Context, Ctx};
 #[cfg(feature = "alloc")]
 pub use crate::error::CancelledBy;

@@ -486,6 +486,36 @@ fn pinned_child_drop_races_parent_walk() {
     });
 }
 
+/// A callback on a pinned node, stopped and then dropped with its node while a parent's
+/// walk reaches it: it runs at most once, exactly when `stop` did not win, after the walk
+/// left the node (invariant 11), and nothing leaks. (That the entry never touches the
+/// node's gone storage, invariant 2, is plain memory: miri checks it, in `user_code.rs`.)
+#[test]
+fn pinned_callback_stop_and_drop_race_parent_walk() {
+    use core::pin::pin;
+    use kontext::node::CancelNode;
+    model(|| {
+        let (parent, cancel) = Context::background().child();
+        let p2 = parent.clone();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let t = thread::spawn(move || {
+            let node = pin!(CancelNode::<2>::new());
+            let c = node.as_ref().attach(&p2);
+            let reg = c.on_cancel(move || {
+                r.fetch_add(1, SeqCst);
+            });
+            let stopped = reg.stop();
+            drop(reg);
+            stopped
+            // `node` is dropped here, possibly while the walk holds its registration.
+        });
+        cancel.cancel();
+        let stopped = t.join().unwrap();
+        assert_eq!(runs.load(SeqCst), usize::from(!stopped));
+    });
+}
+
 /// A waiter on a user node's context is woken by a cancel from another thread, and the
 /// storage detaches afterwards.
 #[test]

@@ -118,6 +118,80 @@ fn cancel_of_a_static_root_wakes_many_pinned_waiters_that_finish_inline() {
     assert!(tasks.iter().all(|t| t.finished()));
 }
 
+/// A future that waits for `Signal::fire` (not for the context: so only a callback can
+/// wake it).
+#[derive(Default)]
+struct Signal {
+    fired: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Signal {
+    fn fire(&self) {
+        self.fired.store(true, SeqCst);
+        let waker = self.waker.lock().unwrap().take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            *self.waker.lock().unwrap() = Some(cx.waker().clone());
+            if self.fired.load(SeqCst) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+#[test]
+fn cancel_returns_when_a_callback_on_a_pinned_node_wakes_its_task_inline() {
+    let (parent, cancel) = Context::background().child();
+    let task_parent = parent.clone();
+    let ex = Inline::spawn(async move {
+        let node = pin!(CancelNode::<2>::new());
+        let ctx = node.as_ref().attach(&task_parent);
+        let signal = Arc::new(Signal::default());
+        let s = signal.clone();
+        let _registration = ctx.on_cancel(move || s.fire());
+        signal.wait().await;
+        // Returning drops the registration and `node` inside the callback's wake.
+    });
+    assert!(!ex.finished());
+    bounded("cancel()", move || assert!(cancel.cancel()));
+    assert!(ex.finished());
+}
+
+#[test]
+fn a_deferred_callback_stopped_after_its_pinned_node_is_gone_is_freed_cleanly() {
+    // Two callbacks on one pinned node, both run after the walk leaves it: the first wakes
+    // the task, which stops the second and drops the node before the walk reaches the
+    // second. The walk then holds the only reference on an entry whose owner is gone.
+    let (parent, cancel) = Context::background().child();
+    let task_parent = parent.clone();
+    let second_ran = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (r, st) = (second_ran.clone(), stopped.clone());
+    let ex = Inline::spawn(async move {
+        let node = pin!(CancelNode::<2>::new());
+        let ctx = node.as_ref().attach(&task_parent);
+        let signal = Arc::new(Signal::default());
+        let s = signal.clone();
+        let _first = ctx.on_cancel(move || s.fire());
+        let second = ctx.on_cancel(move || r.store(true, SeqCst));
+        signal.wait().await;
+        st.store(second.stop(), SeqCst);
+    });
+    bounded("cancel()", move || assert!(cancel.cancel()));
+    assert!(ex.finished());
+    assert!(stopped.load(SeqCst), "the task stopped the second one first");
+    assert!(!second_ran.load(SeqCst));
+}
+
 #[test]
 fn err_never_changes_once_reported_while_a_walk_is_on_its_way() {
     static CLOCK: ManualClock = ManualClock::new();

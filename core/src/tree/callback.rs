@@ -83,6 +83,7 @@ pub(crate) fn new_callback<F: FnOnce() + Send + 'static>(
             },
             state: AtomicUsize::new(CB_PENDING),
             owner: owner_raw,
+            borrows_owner: owner.header.link.storage == Storage::User,
             finish: finish::<F>,
         },
         f: UnsafeCell::new(ManuallyDrop::new(f)),

@@ -25,7 +25,9 @@
 //!    zero: only a live handle can make another.
 //! 2. A node holds one handle on its `parent` (callbacks: on their owner) until it is
 //!    freed, so every ancestor outlives it: `state_src`, `time_src`, `values` and the
-//!    owner's table may be dereferenced through any live node.
+//!    owner's table may be dereferenced through any live node. (A handle on a user node
+//!    is a borrow, invariant 8: a callback entry of a user node may outlive its owner's
+//!    storage, so it never touches its owner once its slot is cleared.)
 //! 3. A slot's pointer is written once by the registrant (fresh index from the free list
 //!    or the bump counter) and cleared once, either by the unregistering node
 //!    (`compare_exchange(node, null)`, after which it pushes the index to the free list) or
@@ -62,7 +64,9 @@
 //!    node's storage, when dropped, detaches it: it unregisters as a heap node's last handle
 //!    does, or, if a walker took its slot first, waits for that walker to release it
 //!    (Release/Acquire), which is its last access. The node's own children, waiters and
-//!    callbacks borrow the storage, so they are gone by then. Without `alloc` every cancel
+//!    callback registrations (`OnCancelRef`) borrow the storage, so they are gone by then;
+//!    a callback still in its table (registered, never run, its `OnCancelRef` dropped) is
+//!    dropped unrun with the table. Without `alloc` every cancel
 //!    node is a user node, born with its table (tables cannot grow past the first chunk).
 //! 9. Wait lists (`CancelNode::side`): a heap node waited on before it has a table keeps
 //!    its wait list in the `side` word itself (head pointer tagged `SIDE_INLINE`, plus
@@ -87,10 +91,12 @@
 //!     waits for the walker to release that registration (invariant 8): a wake there would
 //!     never return. So while the current path holds a user node, the wakers of the nodes
 //!     it walks are moved out of their lists (closing them, waitlist invariant 2) and kept;
-//!     they are woken once the walk holds no user registration any more. Callbacks need no
-//!     such care: they are heap entries of heap nodes, and a heap node never sits below a
-//!     pinned one (invariant 8). With `alloc` any number is kept (past 32, in a vector);
-//!     without it, 32 per user subtree, and further ones are woken at once (documented).
+//!     they are woken once the walk holds no user registration any more. Callbacks are
+//!     user code too (they may wake such a task): those met while the path holds a user
+//!     node are taken out of their slots and run, with the wakers, once it holds none.
+//!     With `alloc` any number of wakers is kept (past 32, in a vector); without it, 32
+//!     per user subtree, and further ones are woken at once (documented); callbacks exist
+//!     only with `alloc`.
 //!
 //! # Deadlock and panic safety
 //!
@@ -370,8 +376,13 @@ pub(crate) struct ValueNode<T> {
 struct CallbackHead {
     link: Link,
     state: AtomicUsize,
-    /// A handle on the cancel node whose table holds this entry (invariant 2).
+    /// The cancel node whose table holds this entry: a handle on it if it is a heap node
+    /// (invariant 2); a borrow if it is a user node (invariant 8), never touched after
+    /// the entry's slot is cleared (see `borrows_owner`).
     owner: NonNull<CancelNode>,
+    /// The owner is a user node: it holds no handle on it, so freeing the entry must not
+    /// give one back (the owner's storage may be gone by then).
+    borrows_owner: bool,
     /// Runs, drops or frees the closure (see `Finish`).
     finish: unsafe fn(NonNull<Link>, Finish),
 }

@@ -144,7 +144,12 @@ pub(super) unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
     unsafe {
         let kind = l.as_ref().kind;
         let up = match kind {
-            Kind::Callback => Some(l.cast::<CallbackHead>().as_ref().owner.cast()),
+            Kind::Callback => {
+                let head = l.cast::<CallbackHead>().as_ref();
+                // A user owner was borrowed, not counted (invariant 8): nothing to give
+                // back, and its storage may be gone.
+                (!head.borrows_owner).then(|| head.owner.cast())
+            }
             _ => l.cast::<Header>().as_ref().parent.map(NonNull::cast),
         };
         // Releases the held handle if dropping the node's contents unwinds.

@@ -122,15 +122,16 @@ pub(super) fn walk(
                 // SAFETY: taking the slot gave us its registered reference.
                 let link = unsafe { l.as_ref() };
                 match link.kind {
+                    Kind::Callback if held_user > 0 => {
+                        // Invariant 11: a callback is user code too (it may wake a task
+                        // that drops the pinned node we hold); it runs once we hold none.
+                        // We keep the registered reference until then.
+                        deferred.keep_callback(l);
+                    }
                     Kind::Callback => {
-                        // Callbacks are heap entries owned by heap nodes, which never sit
-                        // below a pinned user node (invariant 8); `held_user` can only
-                        // count `static` nodes here, which never detach.
-                        // SAFETY: callback entries are `CallbackHead`-prefixed.
-                        unsafe { run_callback(l, &mut panics) };
-                        // SAFETY: we own the registered reference. Freeing may drop user
-                        // values; a panic there must not stop the walk.
-                        panics.call(|| unsafe { release_registered(l) });
+                        // SAFETY: we own the registered reference (callback entries are
+                        // `CallbackHead`-prefixed).
+                        unsafe { run_and_release(l, &mut panics) };
                     }
                     kind @ (Kind::Cancel | Kind::Deadline) => {
                         let child = l.cast::<CancelNode>();
@@ -250,11 +251,28 @@ pub(super) fn notify(n: &CancelNode, mut defer: Option<&mut Deferred>, panics: &
     }
 }
 
-/// Wakers held back while the walk holds a user node's registration (invariant 11).
+/// Runs a callback entry whose slot the walk took (unless `stop` won), then gives up the
+/// registered reference.
+///
+/// # Safety
+/// `l` is a callback entry and the caller owns its registered reference.
+unsafe fn run_and_release(l: NonNull<Link>, panics: &mut Panics) {
+    // SAFETY: the reference keeps the entry alive.
+    unsafe { run_callback(l, panics) };
+    // SAFETY: we own the registered reference. Freeing may drop user values; a panic
+    // there must not stop the walk. A user owner is not touched (`borrows_owner`).
+    panics.call(|| unsafe { release_registered(l) });
+}
+
+/// Wakers and callbacks held back while the walk holds a user node's registration
+/// (invariant 11).
 pub(super) struct Deferred {
     batch: crate::waitlist::WakeBatch,
     #[cfg(feature = "alloc")]
     more: alloc::vec::Vec<core::task::Waker>,
+    /// Callback entries whose slots we took, with their registered references.
+    #[cfg(feature = "alloc")]
+    callbacks: alloc::vec::Vec<NonNull<Link>>,
 }
 
 impl Deferred {
@@ -263,7 +281,18 @@ impl Deferred {
             batch: crate::waitlist::WakeBatch::new(),
             #[cfg(feature = "alloc")]
             more: alloc::vec::Vec::new(),
+            #[cfg(feature = "alloc")]
+            callbacks: alloc::vec::Vec::new(),
         }
+    }
+
+    /// Keeps a callback entry (and its registered reference) to run later. Callbacks exist
+    /// only with `alloc`.
+    pub(super) fn keep_callback(&mut self, l: NonNull<Link>) {
+        #[cfg(feature = "alloc")]
+        self.callbacks.push(l);
+        #[cfg(not(feature = "alloc"))]
+        unreachable!("callbacks need alloc: {l:?}");
     }
 
     /// Keeps `from`'s wakers for later. Without `alloc`, what does not fit in one batch
@@ -286,6 +315,11 @@ impl Deferred {
         #[cfg(feature = "alloc")]
         for w in self.more.drain(..) {
             panics.call(|| w.wake());
+        }
+        #[cfg(feature = "alloc")]
+        for l in self.callbacks.drain(..) {
+            // SAFETY: `keep_callback` handed us the entry with its registered reference.
+            unsafe { run_and_release(l, panics) };
         }
     }
 }
