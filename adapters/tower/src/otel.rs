@@ -78,6 +78,68 @@
 //! assert_eq!(body, format!("{traceparent} request.id=7"));
 //! # }
 //! ```
+//!
+//! # With tracing-opentelemetry
+//!
+//! To record the request as a span of the caller's trace, parent tower-http's `TraceLayer`
+//! span on the extracted context when it is made: tracing-opentelemetry starts a span when
+//! it is first entered, and `TraceLayer` enters it before the layers inside run, so
+//! `set_parent` must come in `make_span_with`. Then store the span's OpenTelemetry context
+//! as the request context's value ([`ContextLayer::on_request`](crate::ContextLayer::on_request)):
+//! calls made under the request carry the request's span as their parent, and the
+//! caller's baggage with it. No [`ExtractLayer`] is needed then.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response};
+//! use kontext_tokio::TokioTimer;
+//! use kontext_tower::otel::OtelExt;
+//! use kontext_tower::{context, ContextLayer};
+//! use opentelemetry::propagation::TextMapPropagator;
+//! use opentelemetry::trace::{TraceContextExt, TracerProvider};
+//! use opentelemetry_http::HeaderExtractor;
+//! use opentelemetry_sdk::propagation::TraceContextPropagator;
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_http::trace::TraceLayer;
+//! use tracing_opentelemetry::OpenTelemetrySpanExt;
+//! use tracing_subscriber::layer::SubscriberExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+//! let otel_layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("my-service"));
+//! let _guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(otel_layer));
+//!
+//! let propagator = TraceContextPropagator::new();
+//! let svc = ServiceBuilder::new()
+//!     .layer(TraceLayer::new_for_http().make_span_with(move |req: &Request<String>| {
+//!         let span = tracing::info_span!("request", uri = %req.uri());
+//!         let parent = propagator.extract_with_context(
+//!             &opentelemetry::Context::new(),
+//!             &HeaderExtractor(req.headers()),
+//!         );
+//!         let _ = span.set_parent(parent); // fails only without the OpenTelemetry layer
+//!         span
+//!     }))
+//!     .layer(
+//!         ContextLayer::new(kontext_tokio::background(), TokioTimer)
+//!             .on_request(|ctx, _| ctx.with_value(tracing::Span::current().context())),
+//!     )
+//!     .service_fn(|req: Request<String>| async move {
+//!         // The request's own span, in the caller's trace.
+//!         let otel = context(&req).unwrap().otel();
+//!         let span = otel.span().span_context().clone();
+//!         assert_eq!(span.trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+//!         assert_ne!(span.span_id().to_string(), "00f067aa0ba902b7"); // not the caller's
+//!         Ok::<_, Infallible>(Response::new(String::new()))
+//!     });
+//! let req = Request::builder()
+//!     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+//!     .body(String::new())
+//!     .unwrap();
+//! assert_eq!(svc.oneshot(req).await.unwrap().status(), 200);
+//! # }
+//! ```
 
 use core::task::{self, Poll};
 use std::fmt;

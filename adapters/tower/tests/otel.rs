@@ -255,6 +255,89 @@ async fn only_the_given_propagator_is_used() {
     assert_eq!(seen.request_id.as_deref(), Some("7"));
 }
 
+/// With tracing-opentelemetry: A's request span (tower-http's `TraceLayer`) is parented on
+/// the client's trace and becomes the `opentelemetry::Context` of A's request context, so
+/// B's parent is A's span, in the client's trace, with the client's baggage.
+///
+/// Current-thread runtime: the subscriber is set for this thread only (no global state),
+/// and the servers' tasks run on it.
+#[tokio::test]
+async fn with_tracing_opentelemetry_b_is_a_child_of_as_request_span() {
+    use opentelemetry::propagation::TextMapPropagator as _;
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_http::HeaderExtractor;
+    use tower_http::trace::TraceLayer;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let tracer = provider.tracer("kontext-tower-tests");
+    let subscriber =
+        tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(tracer));
+    let _default = tracing::subscriber::set_default(subscriber);
+
+    let (b_tx, mut b_seen) = mpsc::unbounded_channel();
+    let b = service_b(b_tx).await;
+    let to_b = ServiceBuilder::new()
+        .layer(InjectLayer::new(propagator()))
+        .layer(PropagateLayer::new(TokioTimer))
+        .service(client_to(b).await);
+    let (a_tx, mut a_seen) = mpsc::unbounded_channel();
+    let extract = std::sync::Arc::new(propagator());
+    let svc = ServiceBuilder::new()
+        .layer(
+            TraceLayer::new_for_http().make_span_with(move |req: &Request<Incoming>| {
+                let span = tracing::info_span!("request", uri = %req.uri());
+                // Before the span is first entered: tracing-opentelemetry starts it then.
+                let headers = HeaderExtractor(req.headers());
+                let parent = extract.extract_with_context(&opentelemetry::Context::new(), &headers);
+                span.set_parent(parent).unwrap();
+                span
+            }),
+        )
+        .layer(
+            ContextLayer::new(kontext_tokio::background(), TokioTimer)
+                .on_request(|ctx, _| ctx.with_value(tracing::Span::current().context())),
+        )
+        .service_fn(move |req: Request<Incoming>| {
+            let ctx = context(&req).unwrap().clone();
+            a_tx.send(ctx.otel().span().span_context().clone()).unwrap();
+            let to_b = to_b.clone();
+            async move {
+                let mut out = get("/");
+                out.extensions_mut().insert(ctx);
+                let status = match to_b.oneshot(out).await {
+                    Ok(res) => res.status(),
+                    Err(_) => StatusCode::BAD_GATEWAY,
+                };
+                let mut res = Response::new(Full::new(Bytes::new()));
+                *res.status_mut() = status;
+                Ok::<_, Infallible>(res)
+            }
+        });
+    let a = serve(svc).await;
+
+    assert_eq!(call_a(a, client_context()).await, StatusCode::OK);
+
+    let a_span = bounded("A", a_seen.recv()).await.unwrap();
+    let client = Seen::the_clients();
+    assert!(a_span.is_valid() && !a_span.is_remote() && a_span.is_sampled());
+    assert_eq!(a_span.trace_id(), client.trace_id);
+    assert_ne!(
+        a_span.span_id(),
+        client.parent_span_id,
+        "A records its own span"
+    );
+    let at_b = bounded("B", b_seen.recv()).await.unwrap();
+    assert_eq!(
+        at_b,
+        Seen {
+            parent_span_id: a_span.span_id(),
+            ..client
+        }
+    );
+}
+
 #[cfg(feature = "reqwest")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reqwest_client_carries_the_trace_through_a_to_b() {
