@@ -334,6 +334,7 @@ impl Context {
     /// deadlines on `clock`. Runtime adapters build their roots this way; tests use a
     /// [`ManualClock`](crate::ManualClock).
     #[must_use = "a derived context does nothing unless used"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn with_clock(clock: &'static dyn Clock) -> Context {
         Context::from_node(tree::new_clock(None, Some(clock)))
     }
@@ -350,6 +351,7 @@ impl Context {
     #[doc(alias = "WithCancel")]
     #[doc(alias = "WithCancelCause")]
     #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn child(&self) -> (Context, CancelHandle) {
         CancelHandle::new(tree::new_cancel(self.node, None))
     }
@@ -360,6 +362,7 @@ impl Context {
     /// No timer is armed: expiry is observed when someone checks or polls.
     #[doc(alias = "WithDeadline")]
     #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn with_deadline(&self, deadline: Instant) -> (Context, CancelHandle) {
         self.deadline_child(deadline, None, None)
     }
@@ -368,6 +371,7 @@ impl Context {
     /// [`cause`](Ctx::cause) when the deadline passes (Go's `WithDeadlineCause`).
     #[doc(alias = "WithDeadlineCause")]
     #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn with_deadline_cause<E>(&self, deadline: Instant, cause: E) -> (Context, CancelHandle)
     where
         E: core::error::Error + Send + Sync + 'static,
@@ -383,6 +387,7 @@ impl Context {
     /// [`with_clock`](Context::with_clock)).
     #[doc(alias = "WithTimeout")]
     #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn with_timeout(&self, timeout: Duration) -> (Context, CancelHandle) {
         let deadline = self.now() + timeout;
         self.deadline_child(deadline, None, Some(timeout.is_zero()))
@@ -391,6 +396,7 @@ impl Context {
     /// [`with_timeout`](Context::with_timeout) with a cause (Go's `WithTimeoutCause`).
     #[doc(alias = "WithTimeoutCause")]
     #[must_use = "dropping the CancelHandle cancels the context at once: bind it, `let (ctx, _cancel) = ...` (see CancelHandle, \"Keep the handle\")"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn with_timeout_cause<E>(&self, timeout: Duration, cause: E) -> (Context, CancelHandle)
     where
         E: core::error::Error + Send + Sync + 'static,
@@ -403,6 +409,7 @@ impl Context {
         self.tree_clock().now()
     }
 
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     fn deadline_child(
         &self,
         deadline: Instant,
@@ -428,6 +435,7 @@ impl Context {
     /// ```
     #[doc(alias = "WithValue")]
     #[must_use = "a derived context does nothing unless used"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn with_value<T: Send + Sync + 'static>(&self, value: T) -> Context {
         Context::from_node(tree::new_value(self.node, value))
     }
@@ -443,6 +451,7 @@ impl Context {
     /// ```
     #[doc(alias = "WithoutCancel")]
     #[must_use = "a derived context does nothing unless used"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn detached(&self) -> Context {
         let clock = self.header().and_then(Header::clock);
         Context::from_node(tree::new_clock(self.node, clock))
@@ -494,6 +503,7 @@ impl Context {
     #[doc(alias = "WithoutCancel")]
     #[doc(alias = "AfterFunc")]
     #[must_use = "a derived context does nothing unless used"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn detached_under(&self, parent: &Context) -> Context {
         // Values of `self`, no cancellation from it, the clock of `parent`: then deadlines
         // below are measured exactly as `parent`'s.

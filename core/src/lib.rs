@@ -9,6 +9,9 @@ extern crate std;
 
 mod alarm;
 mod context;
+#[cfg(all(feature = "diagnostics", not(loom)))]
+#[cfg_attr(docsrs, doc(cfg(feature = "diagnostics")))]
+pub mod diagnostics;
 mod error;
 pub mod node;
 #[cfg(feature = "timer")]

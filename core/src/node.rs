@@ -178,6 +178,7 @@ impl<T, const N: usize> Core<T, N> {
 
     /// # Safety
     /// `self` is pinned; `parent` outlives the storage (the caller's `'p`).
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     unsafe fn attach(&self, parent: &Ctx, deadline: Option<tree::DeadlineSpec>) -> &Ctx {
         self.att.claim();
         let cells = self.cells.get();
@@ -276,6 +277,7 @@ impl<'p, const N: usize> CancelNode<'p, N> {
     /// # Panics
     /// If already attached, if `N` is not a power of two, or if `parent`'s table is full
     /// (without `alloc`).
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx) -> &'s Ctx {
         // SAFETY: pinned by the receiver's type; `parent` lives for `'p`, which the
         // storage's `Drop` cannot outlive.
@@ -349,17 +351,20 @@ impl<'p, const N: usize> DeadlineNode<'p, N> {
     ///
     /// # Panics
     /// As [`CancelNode::attach`]; also if the tree has no clock.
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx, deadline: Instant) -> &'s Ctx {
         self.attach_spec(parent, deadline, None)
     }
 
     /// [`attach`](DeadlineNode::attach) with a deadline `timeout` from now on the tree's
     /// clock (`Duration::MAX` saturates to a deadline never reached).
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn attach_timeout<'s>(self: Pin<&'s Self>, parent: &'p Ctx, timeout: Duration) -> &'s Ctx {
         let deadline = parent.tree_clock().now() + timeout;
         self.attach_spec(parent, deadline, Some(timeout.is_zero()))
     }
 
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     fn attach_spec<'s>(
         self: Pin<&'s Self>,
         parent: &'p Ctx,
@@ -445,6 +450,7 @@ impl<'p, T: Send + Sync + 'static> ValueNode<'p, T> {
     ///
     /// # Panics
     /// If already attached.
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn attach<'s>(self: Pin<&'s Self>, parent: &'p Ctx, value: T) -> &'s Ctx {
         let this = self.get_ref();
         this.att.claim();

@@ -283,6 +283,7 @@ where
     E: fmt::Display + Send + 'static,
 {
     /// A group whose context is a child of `parent`, on the adapter's default runtime.
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn new(parent: &Context) -> Self {
         Self::with_runtime(parent, S::default(), T::default())
     }
@@ -295,6 +296,7 @@ where
     E: fmt::Display + Send + 'static,
 {
     /// A group whose context is a child of `parent`, spawning with `spawner`.
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn with_runtime(parent: &Context, spawner: S, timer: T) -> Self {
         let (ctx, handle) = parent.child();
         let (ctx, tracker) = TaskTracker::attach(&ctx);

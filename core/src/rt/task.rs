@@ -59,6 +59,7 @@ where
     let inner = {
         let ctx = child.clone();
         let task = Task {
+            site: TaskSite::spawned(&child),
             done: Some(DoneOwned::new(child, timer)),
             future: Some(future),
             handle: Some(handle),
@@ -69,6 +70,42 @@ where
     JoinHandle {
         inner,
         handle: remote,
+    }
+}
+
+/// A bound task's entry in the diagnostics table (`kontext::diagnostics`): from the spawn
+/// until the task's future is dropped. Zero-sized, and nothing, without the feature.
+#[derive(Debug)]
+struct TaskSite {
+    /// The address of the task's own context (0: none recorded).
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    ctx: usize,
+}
+
+impl TaskSite {
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
+    #[inline]
+    fn spawned(ctx: &Context) -> TaskSite {
+        #[cfg(not(all(feature = "diagnostics", not(loom))))]
+        let _ = ctx;
+        TaskSite {
+            #[cfg(all(feature = "diagnostics", not(loom)))]
+            ctx: crate::diagnostics::task_spawned(ctx, core::panic::Location::caller()),
+        }
+    }
+
+    /// The task's future is dropped (and its context still held).
+    #[inline]
+    fn end(&mut self) {
+        #[cfg(all(feature = "diagnostics", not(loom)))]
+        crate::diagnostics::task_ended(core::mem::take(&mut self.ctx));
+    }
+}
+
+#[cfg(all(feature = "diagnostics", not(loom)))]
+impl Drop for TaskSite {
+    fn drop(&mut self) {
+        self.end();
     }
 }
 
@@ -83,6 +120,8 @@ pin_project! {
         future: Option<F>,
         #[pin]
         done: Option<DoneOwned<T>>,
+        // Before `handle`: its context is still held when it ends.
+        site: TaskSite,
         handle: Option<CancelHandle>,
         token: Option<Token>,
     }
@@ -95,6 +134,7 @@ impl<T: Timer, F: Future> Task<T, F> {
         let mut this = self.project();
         let dropped = catch_unwind(AssertUnwindSafe(|| this.future.set(None))).err();
         this.done.set(None);
+        this.site.end();
         // An explicit cancel: the task ended, its handle was not "dropped by mistake".
         if let Some(h) = this.handle.take() {
             h.cancel();

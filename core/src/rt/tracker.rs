@@ -48,6 +48,7 @@ impl TaskTracker {
     /// A tracker for tasks spawned under the returned context (a value child of `ctx`). If
     /// `ctx` already has a tracker, tasks count in that one too.
     #[must_use = "tasks count in the tracker only when spawned under the returned context"]
+    #[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
     pub fn attach(ctx: &Context) -> (Context, TaskTracker) {
         let tracker = TaskTracker {
             inner: Arc::new(Inner {

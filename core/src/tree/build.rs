@@ -154,6 +154,7 @@ pub(super) unsafe fn place_node<N>(place: Place, n: N) -> NonNull<N> {
 /// A new heap cancel node below `parent`, optionally with its own deadline; returns it
 /// with two handles (the context's and the cancel handle's).
 #[cfg(feature = "alloc")]
+#[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
 pub(crate) fn new_cancel(
     parent: Option<NonNull<Header>>,
     deadline: Option<DeadlineSpec>,
@@ -170,6 +171,7 @@ pub(crate) fn new_cancel(
 /// - The caller holds a handle on `parent` (or, if `parent` is a user node, a borrow of
 ///   its storage that outlives the new node).
 /// - A `User` place is as `Place::User` says, pinned until `detach_user` has returned.
+#[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
 pub(crate) unsafe fn new_cancel_in(
     parent: Option<NonNull<Header>>,
     deadline: Option<DeadlineSpec>,
@@ -248,6 +250,13 @@ pub(crate) unsafe fn new_cancel_in(
     };
     // SAFETY: not yet shared; we are the only user.
     unsafe { (*p.as_ptr()).header.state_src = Some(p) };
+    // Recorded before it is published: every later hook (a walker's) finds the record.
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    // SAFETY: built here and not published yet (or, for value and clock nodes, every
+    // field the hook reads is fixed).
+    unsafe {
+        crate::diagnostics::created(p.cast(), core::panic::Location::caller(), None)
+    };
     if let (Join::Registered(side, idx), Some(o)) = (j, owner) {
         if publish(o, side, idx, p.cast()) {
             let inh = o.inherited_state();
@@ -272,6 +281,8 @@ pub(crate) unsafe fn detach_user(n: NonNull<CancelNode>) {
     // SAFETY: the storage is still in place.
     let node = unsafe { n.as_ref() };
     let h = &node.header;
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    crate::diagnostics::freed(n.cast());
     if h.link.kind == Kind::Deadline {
         // Out of its clock's alarm queue first (alarm invariant 2). SAFETY: still in place.
         unsafe { alarm::disarm_for_drop(n.cast()) };
@@ -305,6 +316,7 @@ pub(crate) unsafe fn detach_user(n: NonNull<CancelNode>) {
 }
 
 #[cfg(feature = "alloc")]
+#[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
 pub(crate) fn new_value<T: Send + Sync + 'static>(
     parent: Option<NonNull<Header>>,
     value: T,
@@ -314,7 +326,7 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
         drop(unsafe { Box::from_raw(h.cast::<ValueNode<T>>().as_ptr()) });
     }
     let d = derive_from(parent);
-    alloc_node(ValueNode {
+    let p = alloc_node(ValueNode {
         head: ValueHead {
             header: header(
                 Kind::Value,
@@ -328,7 +340,18 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
         },
         value,
     })
-    .cast::<Header>()
+    .cast::<Header>();
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    // SAFETY: built here and not published yet (or, for value and clock nodes, every
+    // field the hook reads is fixed).
+    unsafe {
+        crate::diagnostics::created(
+            p,
+            core::panic::Location::caller(),
+            Some(core::any::type_name::<T>()),
+        )
+    };
+    p
 }
 
 /// Writes a user value node below `parent` into `place` (invariant 8).
@@ -336,6 +359,7 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
 /// # Safety
 /// As `new_cancel_in`'s for `parent`; `place` is valid for writes of a `ValueNode<T>`
 /// and pinned until `detach_user_value`.
+#[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
 pub(crate) unsafe fn new_value_in<T: Send + Sync + 'static>(
     parent: Option<NonNull<Header>>,
     value: T,
@@ -355,6 +379,16 @@ pub(crate) unsafe fn new_value_in<T: Send + Sync + 'static>(
             },
             value,
         })
+    };
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    // SAFETY: built here and not published yet (or, for value and clock nodes, every
+    // field the hook reads is fixed).
+    unsafe {
+        crate::diagnostics::created(
+            place.cast(),
+            core::panic::Location::caller(),
+            Some(core::any::type_name::<T>()),
+        )
     };
     place.cast()
 }
@@ -391,6 +425,8 @@ pub(crate) unsafe fn new_clock_root_in(
 pub(crate) unsafe fn detach_user_value<T>(n: NonNull<ValueNode<T>>) {
     // SAFETY: the storage is still in place.
     let parent = unsafe { n.as_ref() }.head.header.parent;
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    crate::diagnostics::freed(n.cast());
     // Gives back the parent handle afterwards, even if the value's `Drop` panics.
     let _release = ReleaseOnDrop(parent.map(NonNull::cast));
     // SAFETY: the caller's guarantee; the value is dropped exactly once.
@@ -398,6 +434,7 @@ pub(crate) unsafe fn detach_user_value<T>(n: NonNull<ValueNode<T>>) {
 }
 
 #[cfg(feature = "alloc")]
+#[cfg_attr(all(feature = "diagnostics", not(loom)), track_caller)]
 /// A node that fixes the clock for its subtree and cuts it off from the parent's
 /// cancellation and deadline (`detached`), or a clock root (`parent == None`).
 pub(crate) fn new_clock(
@@ -429,5 +466,11 @@ pub(crate) fn new_clock(
     .cast::<Header>();
     // SAFETY: fresh and unshared.
     unsafe { (*p.as_ptr()).time_src = clock.map(|_| p) };
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    // SAFETY: built here and not published yet (or, for value and clock nodes, every
+    // field the hook reads is fixed).
+    unsafe {
+        crate::diagnostics::created(p, core::panic::Location::caller(), None)
+    };
     p
 }

@@ -139,6 +139,8 @@ pub(super) fn unregister(owner: &CancelNode, l: NonNull<Link>, slot: u32) -> boo
 /// `refs` of `l` is zero and nobody else can reach it.
 pub(super) unsafe fn free(l: NonNull<Link>) -> Option<NonNull<Link>> {
     track(-1);
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    crate::diagnostics::freed(l);
     // SAFETY: the caller guarantees exclusive ownership; each arm reads or frees the layout
     // the kind was allocated with.
     unsafe {

@@ -95,6 +95,8 @@ pub(super) fn walk(
         }
         return false;
     }
+    #[cfg(all(feature = "diagnostics", not(loom)))]
+    crate::diagnostics::done(r);
     if !fired && r.header.link.kind == Kind::Deadline {
         // SAFETY: a deadline node, kept alive by our caller.
         unsafe { alarm::disarm(root.cast()) };
@@ -155,6 +157,8 @@ pub(super) fn walk(
                         // As the root's CAS; the fence is invariants 5 and 6 for the child's
                         // own registrants and waiters.
                         if cas_then_fence(&ch.state, sentinel(LIVE), st) {
+                            #[cfg(all(feature = "diagnostics", not(loom)))]
+                            crate::diagnostics::done(ch);
                             // After the fence: a registrant or waiter we do not see here
                             // sees the child cancelled (invariants 5 and 6), and an alarm
                             // armed meanwhile sees it too (alarm invariant 3).
