@@ -43,6 +43,16 @@
 //! - `cause`: the `Display` of the cause given to the first cancel
 //!   ([`cause()`](kontext::Ctx::cause); the reason itself when none was given).
 //!
+//! With the feature `diagnostics` (which turns on `kontext/diagnostics`), two more:
+//!
+//! - `created`: where the context was created (`file:line:column` of the constructor's
+//!   caller, [`kontext::diagnostics::creation_site`]; of `with_span` for a context made
+//!   by it);
+//! - `dropped_handle`: only when the context was cancelled because an armed
+//!   `CancelHandle` was dropped (its own, or an ancestor's), where that handle was
+//!   created ([`kontext::diagnostics::dropped_handle_site`]): the usual
+//!   `let (ctx, _) = parent.child();` mistake, named by its line.
+//!
 //! It is emitted on the thread that ends the context: the caller of `cancel`, the runtime
 //! task of the clock's deadline driver at a deadline (deadlines fire on time by
 //! themselves), or right away if the context is already done. It is an event, not a field
@@ -204,10 +214,12 @@ pub trait TracingExt {
 }
 
 impl TracingExt for Context {
+    #[cfg_attr(feature = "diagnostics", track_caller)]
     fn with_span(&self, span: Span) -> Context {
         self.with_value(span)
     }
 
+    #[cfg_attr(feature = "diagnostics", track_caller)]
     fn with_current_span(&self) -> Context {
         self.with_value(Span::current())
     }

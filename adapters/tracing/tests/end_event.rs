@@ -44,7 +44,11 @@ fn assert_one_end(test: &str, reason: &str, cause: &str) {
     assert_eq!(end.level, Level::DEBUG);
     // Nothing internal: the reason, the cause and the message.
     let names: Vec<&str> = end.fields.keys().map(String::as_str).collect();
+    #[cfg(not(feature = "diagnostics"))]
     assert_eq!(names, ["cause", "message", "reason"], "{end:#?}");
+    // With diagnostics, where the context was created too (`end_event_diagnostics.rs`).
+    #[cfg(feature = "diagnostics")]
+    assert_eq!(names, ["cause", "created", "message", "reason"], "{end:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -253,6 +253,7 @@ pub(crate) fn freed(node: NonNull<Link>) {
     lock(shard(addr)).remove(&addr);
 }
 
+#[cfg(feature = "rt")]
 /// A bound task, spawned at `site`, runs under `ctx` (its own fresh context).
 pub(crate) fn task_spawned(ctx: &Ctx, site: &'static Location<'static>) -> usize {
     let Some(addr) = ctx.node.map(|n| n.as_ptr().addr()) else {
@@ -268,6 +269,7 @@ pub(crate) fn task_spawned(ctx: &Ctx, site: &'static Location<'static>) -> usize
     addr
 }
 
+#[cfg(feature = "rt")]
 /// The task recorded on the context at `addr` has ended (its future is dropped). The
 /// caller still holds that context, so the address is still its node's.
 pub(crate) fn task_ended(addr: usize) {
