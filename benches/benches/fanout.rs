@@ -9,13 +9,19 @@
 //! - `fanout_cancel_waiting/N` (no Go row): the same, each child with one registered waiter
 //!   (a `cancelled_owned()` future polled once with a no-op waker): the tree's share of
 //!   `fanout_wake` (walk, wait lists, wakes), without any runtime.
+//! - `fanout_cancel+drop/N` (no Go row: Go's garbage collector frees): the whole lifetime
+//!   of `fanout_cancel`'s tree: cancel the root, then drop every handle (each child's, in
+//!   the order they were made, then the root's), timed together.
 //! - `deep_chain/1000`: cancel the root of a chain of 1000 children below a root.
+//! - `deep_chain+drop/1000` (no Go row): cancel the root of such a chain, then drop every
+//!   handle, leaf first (nested scopes unwinding), timed together.
 //! - `deep_chain/drop_1000`: release every handle of such a chain, uncancelled, leaf first
 //!   (nested scopes unwinding); `deep_chain/drop_root_first_1000`: root first (the last
 //!   release frees the whole chain at once). No Go row: Go's garbage collector frees.
 //!
-//! Only the cancel (or the drop) is timed: each iteration builds a fresh tree in an untimed
-//! setup (Go's `b.StopTimer`), and checks and drops it untimed afterwards; nothing is reused
+//! Only the cancel (or the drop; or, in the `+drop` rows, both) is timed: each iteration
+//! builds a fresh tree in an untimed setup (Go's `b.StopTimer`), and checks and drops it
+//! untimed afterwards; nothing is reused
 //! across iterations but the vector that holds the children. A kontext child is held as its
 //! `(Context, CancelHandle)` pair, a tokio-util child as its token: what each system hands
 //! out for one child.
@@ -75,6 +81,42 @@ fn tokio_fanout(iters: u64, n: usize, observe: bool) -> Duration {
         total += start.elapsed();
         assert!(kids.iter().all(CancellationToken::is_cancelled));
         kids.clear();
+    }
+    total
+}
+
+/// Times `iters` whole lifetimes of a fresh kontext root with `n` children after the
+/// build: cancel the root, drop every child (context, then handle), then the root.
+fn kontext_fanout_drop(iters: u64, n: usize) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut kids: Vec<(Context, CancelHandle)> = Vec::with_capacity(n);
+    for _ in 0..iters {
+        let (root, cancel) = Context::background().child();
+        kids.extend((0..n).map(|_| root.child()));
+        let start = Instant::now();
+        let first = cancel.cancel();
+        kids.clear();
+        drop(root);
+        drop(cancel);
+        total += start.elapsed();
+        assert!(first && kids.is_empty());
+    }
+    total
+}
+
+fn tokio_fanout_drop(iters: u64, n: usize) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut kids: Vec<CancellationToken> = Vec::with_capacity(n);
+    for _ in 0..iters {
+        let root = CancellationToken::new();
+        kids.extend((0..n).map(|_| root.child_token()));
+        let start = Instant::now();
+        root.cancel();
+        kids.clear();
+        let first = root.is_cancelled();
+        drop(root);
+        total += start.elapsed();
+        assert!(first && kids.is_empty());
     }
     total
 }
@@ -144,6 +186,21 @@ fn fanout_group(c: &mut Criterion, name: &str, observe: bool) {
 
 fn fanout_cancel(c: &mut Criterion) {
     fanout_group(c, "fanout_cancel", false);
+}
+
+fn fanout_cancel_drop(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout_cancel+drop");
+    Timing::SETUP_HEAVY.apply(&mut group);
+    for n in SIZES {
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_function(BenchmarkId::new(KONTEXT, n), |b| {
+            b.iter_custom(|iters| kontext_fanout_drop(iters, n))
+        });
+        group.bench_function(BenchmarkId::new(TOKIO_UTIL, n), |b| {
+            b.iter_custom(|iters| tokio_fanout_drop(iters, n))
+        });
+    }
+    group.finish();
 }
 
 fn fanout_cancel_observed(c: &mut Criterion) {
@@ -268,9 +325,53 @@ fn deep_chain(c: &mut Criterion) {
     group.finish();
 }
 
+fn deep_chain_drop(c: &mut Criterion) {
+    let mut group = c.benchmark_group("deep_chain+drop");
+    Timing::SETUP_HEAVY.apply(&mut group);
+    let id = CHAIN.to_string();
+
+    group.bench_function(BenchmarkId::new(KONTEXT, &id), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (mut handles, leaf) = kontext_chain();
+                let start = Instant::now();
+                let first = handles[0].cancel();
+                drop(leaf);
+                while let Some(handle) = handles.pop() {
+                    drop(handle);
+                }
+                total += start.elapsed();
+                assert!(first);
+            }
+            total
+        })
+    });
+    group.bench_function(BenchmarkId::new(TOKIO_UTIL, &id), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut tokens = tokio_chain();
+                let start = Instant::now();
+                tokens[0].cancel();
+                let first = tokens[0].is_cancelled();
+                while let Some(token) = tokens.pop() {
+                    drop(token);
+                }
+                total += start.elapsed();
+                assert!(first);
+            }
+            total
+        })
+    });
+
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = kontext_benches::config();
-    targets = fanout_cancel, fanout_cancel_observed, fanout_cancel_waiting, deep_chain
+    targets = fanout_cancel, fanout_cancel_drop, fanout_cancel_observed, fanout_cancel_waiting,
+        deep_chain, deep_chain_drop
 }
 criterion_main!(benches);

@@ -6,6 +6,9 @@
 //! one-time growth of the parent is outside the count, and a parent's table of children
 //! never shrinks back to nothing between operations). "Live bytes per child" keeps [`N`] children alive at once
 //! and divides the growth of the live heap: it includes what the parent keeps per child.
+//! The "derive only" rows count the derive alone: the first child of a fresh context
+//! (whatever the parent allocates for its first child included), and a child of a parent
+//! that holds 8 other live children.
 //!
 //! Prints a Markdown table (`compare.sh` puts it in `RESULTS.md`).
 
@@ -22,6 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Operations per measurement.
 const N: usize = 10_000;
+
+/// Other live children of a busy parent.
+const BUSY: usize = 8;
 
 /// [`System`], counting what passes through it.
 struct Counting;
@@ -161,6 +167,29 @@ fn per_waiter<'a, T, F: Future>(targets: &'a [T], wait: impl Fn(&'a T) -> F) -> 
     }
 }
 
+/// Per-operation averages of what `derive` alone did to the counters, over [`N`] parents
+/// each made by `make` (uncounted); each derived item is dropped, then its parent, uncounted.
+fn derive_only<T, U>(make: impl Fn() -> T, derive: impl Fn(&T) -> U) -> PerOp {
+    let (mut allocs, mut frees, mut bytes) = (0, 0, 0);
+    for _ in 0..N {
+        let parent = make();
+        let before = snapshot();
+        let item = derive(black_box(&parent));
+        let after = snapshot();
+        allocs += after.allocs - before.allocs;
+        frees += after.deallocs - before.deallocs;
+        bytes += after.bytes - before.bytes;
+        drop(item);
+        drop(parent);
+    }
+    let n = N as f64;
+    PerOp {
+        allocs: allocs as f64 / n,
+        frees: frees as f64 / n,
+        bytes: bytes as f64 / n,
+    }
+}
+
 /// One row of the table: a measure, kontext's figure, tokio-util's.
 struct Row(String, String, String);
 
@@ -239,6 +268,38 @@ fn main() {
         })
         .show(),
         t_child_bytes.show(),
+    ));
+    // --- the first child of a fresh context, and a child of a busy parent: the derive
+    // alone (cancel and drop uncounted)
+    rows.push(row(
+        "first child of a fresh context (derive only)",
+        derive_only(|| Context::background().child(), |(ctx, _)| ctx.child()).show(),
+        derive_only(CancellationToken::new, CancellationToken::child_token).show(),
+    ));
+    let (k_busy, _k_busy_cancel) = Context::background().child();
+    let _k_busy_others: Vec<_> = (0..BUSY).map(|_| k_busy.child()).collect();
+    let t_busy = CancellationToken::new();
+    let _t_busy_others: Vec<_> = (0..BUSY).map(|_| t_busy.child_token()).collect();
+    rows.push(row(
+        "child of a busy parent (8 other live children; derive only)",
+        derive_only(|| (), |_| k_busy.child()).show(),
+        derive_only(|| (), |_| t_busy.child_token()).show(),
+    ));
+    rows.push(row(
+        "child + cancel + drop, busy parent (8 other live children)",
+        per_op(|| {
+            let (ctx, handle) = black_box(&k_busy).child();
+            black_box(handle.cancel());
+            drop(ctx);
+            drop(handle);
+        })
+        .show(),
+        per_op(|| {
+            let token = black_box(&t_busy).child_token();
+            token.cancel();
+            drop(token);
+        })
+        .show(),
     ));
     rows.push(row(
         "deadline child (+1 h) + cancel + drop",

@@ -1,7 +1,7 @@
 //! What kontext's criterion benches share (`cargo bench -p kontext-benches`): the thread
 //! count of the contended rows, the criterion settings (with a quick mode for testing
-//! `compare.sh`), the multi-threaded runner, and the completion signal of the fan-out
-//! benches.
+//! `compare.sh`), the lock-step runner of the contended rows ([`lockstep`]), and the
+//! completion signal of the fan-out benches.
 //!
 //! Every bench measures kontext and tokio-util's `CancellationToken` side by side in one
 //! criterion group, so both are measured in the same run. Benchmark ids are
@@ -12,10 +12,16 @@
 //! Environment:
 //! - `KONTEXT_BENCH_THREADS`: the `P` of the `contended_P` rows and the worker threads of
 //!   the fan-out-with-waiters rows (default: the machine's cores, as Go's `GOMAXPROCS`);
-//! - `KONTEXT_BENCH_QUICK=1`: short warm-up and measurement (a smoke test, not a result).
+//! - `KONTEXT_BENCH_QUICK=1`: short warm-up and measurement (a smoke test, not a result);
+//! - `KONTEXT_BENCH_CHUNK`: operations per thread in one lock-step chunk (default 256);
+//! - `KONTEXT_BENCH_LOCKSTEP`: a file to append the contended rows' chunk counts to
+//!   (chunks run, chunks discarded; see [`flush_lockstep_stats`]);
+//! - `KONTEXT_BENCH_SCALING`: the thread counts of the scaling bench (default
+//!   `1 2 4 8 16`).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Barrier;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::thread::{self, Thread};
 use std::time::{Duration, Instant};
 
@@ -35,6 +41,22 @@ pub fn threads() -> usize {
         .and_then(|s| s.trim().parse().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The thread counts of the scaling bench: `KONTEXT_BENCH_SCALING` (numbers separated by
+/// spaces or commas), or 1, 2, 4, 8 and 16.
+pub fn scaling_threads() -> Vec<usize> {
+    let list: Vec<usize> = std::env::var("KONTEXT_BENCH_SCALING")
+        .unwrap_or_default()
+        .split([' ', ','])
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .collect();
+    if list.is_empty() {
+        vec![1, 2, 4, 8, 16]
+    } else {
+        list
+    }
 }
 
 /// The name of a contended row: `contended_P`.
@@ -115,35 +137,291 @@ impl Timing {
     }
 }
 
-/// Runs `iters` calls of `op(shared)` split between [`threads()`] threads that a
-/// [`Barrier`] starts together; returns the wall time from the first thread's start to the
-/// last thread's end: wall time per operation across all threads (inverse throughput), the
-/// unit of Go's `RunParallel`.
-pub fn contended<P: Sync>(shared: &P, iters: u64, op: impl Fn(&P) + Sync) -> Duration {
-    let threads = threads();
-    let barrier = Barrier::new(threads);
-    let per_thread = iters / threads as u64;
-    let remainder = iters % threads as u64;
-    let spans: Vec<(Instant, Instant)> = thread::scope(|s| {
-        let workers: Vec<_> = (0..threads)
-            .map(|i| {
-                let n = per_thread + u64::from((i as u64) < remainder);
-                let (barrier, op) = (&barrier, &op);
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        op(shared);
-                    }
-                    (start, Instant::now())
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
+/// Operations each thread runs in one lock-step chunk of a contended row:
+/// `KONTEXT_BENCH_CHUNK`, or 256 (tens of microseconds: short beside a scheduler time slice,
+/// long beside the barrier that starts it).
+pub fn chunk_ops() -> u64 {
+    std::env::var("KONTEXT_BENCH_CHUNK")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(256)
+}
+
+/// [`lockstep`] on [`threads()`] threads: the `contended_P` rows.
+pub fn contended<P: Sync>(id: &str, shared: &P, iters: u64, op: impl Fn(&P) + Sync) -> Duration {
+    lockstep(id, threads(), shared, iters, op)
+}
+
+/// Runs `op(shared)` on `threads` threads in lock-step chunks and returns the wall time that
+/// `iters` operations take across all threads (wall time per operation times `iters`:
+/// inverse throughput, the unit of Go's `RunParallel`). `id` names the row in the chunk
+/// counts ([`flush_lockstep_stats`]).
+///
+/// A chunk: every thread waits at a barrier, reads its own involuntary context switches
+/// (`getrusage(RUSAGE_THREAD)`), runs [`chunk_ops()`] operations between two clock reads,
+/// and reads its switches again; then all wait at a second barrier, where the first thread
+/// judges the chunk. Its time is the wall time from the earliest start to the latest end.
+/// It counts only if *every* thread ran throughout: no thread was preempted during its
+/// timed region (its involuntary switches did not change) and the threads started together
+/// (the last start within 1/8 of the chunk's time after the first). Otherwise it is
+/// discarded, and chunks run until enough have counted for `iters` operations. The
+/// barriers, the switch reads and the judging are outside every timed region.
+///
+/// Without the check (more threads than cores, where preemption is certain; or an OS
+/// without per-thread `getrusage`) every chunk counts. If at most one chunk in ten counts
+/// (a machine too loaded to give the threads their cores), the call gives up after ten
+/// times the chunks it needed and uses every chunk it ran; the counts record it.
+pub fn lockstep<P: Sync>(
+    id: &str,
+    threads: usize,
+    shared: &P,
+    iters: u64,
+    op: impl Fn(&P) + Sync,
+) -> Duration {
+    let chunk = chunk_ops();
+    let ops_per_chunk = chunk * threads as u64;
+    let needed = iters.div_ceil(ops_per_chunk).max(1);
+    let cap = needed * 10;
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let filtered = threads <= cores && involuntary_switches().is_some();
+
+    let barrier = SpinBarrier::new(threads);
+    let stop = AtomicBool::new(false);
+    let slots: Vec<Mutex<Span>> = (0..threads).map(|_| Mutex::new(Span::default())).collect();
+    let mut tally = Tally::default();
+    // Thread `i`'s part; thread 0 (the caller) also judges each chunk into `tally`.
+    let run = |i: usize, tally: Option<&mut Tally>| {
+        let mut tally = tally;
+        loop {
+            barrier.wait();
+            // Relaxed: written by the judging thread before the barrier just passed,
+            // whose Release/Acquire pair orders it.
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            let before = involuntary_switches();
+            let start = Instant::now();
+            for _ in 0..chunk {
+                op(shared);
+            }
+            let end = Instant::now();
+            let after = involuntary_switches();
+            *slots[i].lock().unwrap() = Span {
+                start: Some(start),
+                end: Some(end),
+                preempted: before != after,
+            };
+            barrier.wait();
+            if let Some(tally) = tally.as_deref_mut() {
+                let spans: Vec<Span> = slots.iter().map(|s| *s.lock().unwrap()).collect();
+                tally.judge(&spans, filtered);
+                if tally.counted >= needed || tally.chunks >= cap {
+                    // Relaxed: published to the others by the next barrier.
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+        }
+    };
+    thread::scope(|s| {
+        let run = &run;
+        for i in 1..threads {
+            s.spawn(move || run(i, None));
+        }
+        run(0, Some(&mut tally));
     });
-    let first = spans.iter().map(|&(start, _)| start).min().unwrap();
-    let last = spans.iter().map(|&(_, end)| end).max().unwrap();
-    last - first
+
+    let (wall, chunks) = if tally.counted > 0 {
+        (tally.counted_wall, tally.counted)
+    } else {
+        tally.gave_up = 1;
+        (tally.all_wall, tally.chunks)
+    };
+    let per_op = wall.as_secs_f64() / (chunks * ops_per_chunk) as f64;
+    STATS
+        .lock()
+        .unwrap()
+        .entry(id.to_string())
+        .or_insert_with(|| ChunkStats {
+            threads,
+            chunk,
+            filtered,
+            ..ChunkStats::default()
+        })
+        .add(&tally);
+    Duration::from_secs_f64(per_op * iters as f64)
+}
+
+/// One thread's part of a chunk.
+#[derive(Debug, Default, Clone, Copy)]
+struct Span {
+    start: Option<Instant>,
+    end: Option<Instant>,
+    /// Whether the thread was switched out involuntarily during its timed region.
+    preempted: bool,
+}
+
+/// The judged chunks of one [`lockstep`] call.
+#[derive(Debug, Default)]
+struct Tally {
+    chunks: u64,
+    counted: u64,
+    counted_wall: Duration,
+    all_wall: Duration,
+    gave_up: u64,
+}
+
+impl Tally {
+    fn judge(&mut self, spans: &[Span], filtered: bool) {
+        let starts = spans.iter().map(|s| s.start.expect("every thread ran"));
+        let (first, last) = (starts.clone().min().unwrap(), starts.max().unwrap());
+        let end = spans.iter().map(|s| s.end.unwrap()).max().unwrap();
+        let wall = end - first;
+        self.chunks += 1;
+        self.all_wall += wall;
+        let together = (last - first) * 8 <= wall;
+        if !filtered || (together && spans.iter().all(|s| !s.preempted)) {
+            self.counted += 1;
+            self.counted_wall += wall;
+        }
+    }
+}
+
+/// Chunk counts of one contended row, over every call of the process (warm-up included).
+#[derive(Debug, Default)]
+struct ChunkStats {
+    threads: usize,
+    chunk: u64,
+    filtered: bool,
+    chunks: u64,
+    discarded: u64,
+    calls: u64,
+    gave_up: u64,
+}
+
+impl ChunkStats {
+    fn add(&mut self, tally: &Tally) {
+        self.calls += 1;
+        self.chunks += tally.chunks;
+        self.discarded += tally.chunks - tally.counted;
+        self.gave_up += tally.gave_up;
+    }
+}
+
+static STATS: Mutex<BTreeMap<String, ChunkStats>> = Mutex::new(BTreeMap::new());
+
+/// Reports the chunk counts of the contended rows run so far, and forgets them: one line
+/// per row on stderr and, if `KONTEXT_BENCH_LOCKSTEP` names a file, the same as
+/// tab-separated fields appended to it (`compare.sh` reads them): benchmark id, threads,
+/// operations per thread per chunk, whether chunks were checked (1) or all counted (0),
+/// chunks run, chunks discarded, calls, calls that gave up on the check. Call it at the
+/// end of each group.
+pub fn flush_lockstep_stats() {
+    let stats = std::mem::take(&mut *STATS.lock().unwrap());
+    let mut lines = String::new();
+    for (id, s) in &stats {
+        eprintln!(
+            "lock-step {id}: {} chunks of {}×{} ops, {} discarded{}{}",
+            s.chunks,
+            s.threads,
+            s.chunk,
+            s.discarded,
+            if s.filtered {
+                ""
+            } else {
+                " (not checked: every chunk counts)"
+            },
+            if s.gave_up > 0 {
+                format!(", {} of {} calls gave up on the check", s.gave_up, s.calls)
+            } else {
+                String::new()
+            },
+        );
+        lines += &format!(
+            "{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            s.threads,
+            s.chunk,
+            u8::from(s.filtered),
+            s.chunks,
+            s.discarded,
+            s.calls,
+            s.gave_up
+        );
+    }
+    if let Some(path) = std::env::var_os("KONTEXT_BENCH_LOCKSTEP") {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(lines.as_bytes()))
+            .unwrap_or_else(|e| panic!("KONTEXT_BENCH_LOCKSTEP={path:?}: {e}"));
+    }
+}
+
+/// The calling thread's involuntary context switches so far (Linux: `getrusage` with
+/// `RUSAGE_THREAD`); `None` where the OS has no per-thread count.
+#[cfg(target_os = "linux")]
+fn involuntary_switches() -> Option<u64> {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: `usage` is valid for writes of one `rusage`, which is all `getrusage` writes.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(rc, 0, "getrusage(RUSAGE_THREAD)");
+    // SAFETY: `getrusage` succeeded, so it initialised the struct (all integer fields, and
+    // zeroed besides).
+    Some(unsafe { usage.assume_init() }.ru_nivcsw as u64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn involuntary_switches() -> Option<u64> {
+    None
+}
+
+/// A reusable barrier that spins, then yields: threads leave it within a few hundred
+/// nanoseconds of each other when each has a core (std's `Barrier` parks, and a wake-up
+/// takes tens of microseconds), and it does not starve a descheduled thread when there are
+/// more threads than cores.
+#[derive(Debug)]
+struct SpinBarrier {
+    threads: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+}
+
+impl SpinBarrier {
+    fn new(threads: usize) -> Self {
+        SpinBarrier {
+            threads,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+        }
+    }
+
+    fn wait(&self) {
+        // Acquire: pairs with the Release store of the previous generation, so the reset of
+        // `arrived` below it is seen before this thread arrives again.
+        let generation = self.generation.load(Ordering::Acquire);
+        // AcqRel: the last arrival acquires every earlier arrival's writes (a release
+        // sequence on `arrived`) and publishes them all with its Release store below.
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.threads {
+            // Relaxed: published by the Release store of the new generation.
+            self.arrived.store(0, Ordering::Relaxed);
+            // Release: pairs with the Acquire loads of the waiting threads.
+            self.generation
+                .store(generation.wrapping_add(1), Ordering::Release);
+        } else {
+            let mut spins = 0u32;
+            // Acquire: pairs with the Release store of the last arrival.
+            while self.generation.load(Ordering::Acquire) == generation {
+                if spins < 1 << 12 {
+                    spins += 1;
+                    std::hint::spin_loop();
+                } else {
+                    thread::yield_now();
+                }
+            }
+        }
+    }
 }
 
 /// A countdown that wakes the thread that made it when it reaches zero, and records when
