@@ -4,7 +4,12 @@
 //! cancelled with that cause, and no task outlives the request.
 //!
 //! Run it: `cargo run --example http_pipeline` (tokio time is paused, so the trace is
-//! deterministic and instant).
+//! deterministic and instant). With `--features diagnostics`, a fourth part leaks a
+//! request's context on purpose and prints the diagnostics dump that finds it by the file
+//! and line that created it.
+// `diagnostics` is a feature of kontext-tokio (turning on `kontext/diagnostics`); until
+// the crate declares it, the fourth part is left out without a warning.
+#![allow(unexpected_cfgs)]
 
 use std::time::Duration;
 
@@ -166,4 +171,49 @@ async fn main() {
     }
     kontext_tokio::drain(&tracker, None).await.unwrap();
     println!("tasks alive at the end: {}", tracker.len());
+
+    #[cfg(feature = "diagnostics")]
+    leak_report(&server);
+}
+
+/// Part 4 (feature `diagnostics`): a request whose context outlives it, because a cache
+/// keeps a clone, and a step whose `CancelHandle` was dropped at once. The dump names the
+/// leaked contexts by the line that created them; the step says who cancelled it.
+#[cfg(feature = "diagnostics")]
+fn leak_report(server: &Context) {
+    use kontext::diagnostics;
+
+    println!("\n== 4. a leaked context, found by where it was created (diagnostics) ==");
+    let before = diagnostics::baseline();
+    let mut cache: Vec<Context> = Vec::new(); // lives longer than any request: the bug
+    {
+        let (req, finished) = server.child();
+        let req = with_request_id(&req, 4);
+        cache.push(req.clone()); // deliberate leak: the request's context, kept
+        let (step, _) = req.child(); // deliberate mistake: `_` drops the handle at once
+        let who = diagnostics::dropped_handle_site(&step).expect("a dropped handle");
+        log(
+            &step,
+            format!(
+                "step: born {:?}: its handle (made at {who}) was dropped",
+                step.err()
+            ),
+        );
+        finished.cancel(); // the request is over
+    }
+    let leaked = before.leaked();
+    println!("still alive after the request ended (done, but held):\n{leaked}");
+    for c in leaked.leak_suspects(Duration::ZERO).contexts() {
+        println!(
+            "leak suspect: {} {} created at {}",
+            c.id(),
+            c.kind(),
+            c.site()
+        );
+    }
+    cache.clear();
+    println!(
+        "after clearing the cache: {} context(s) of the request left",
+        before.leaked().len()
+    );
 }
