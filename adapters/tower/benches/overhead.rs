@@ -11,7 +11,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use kontext_tokio::TokioTimer;
@@ -44,28 +44,18 @@ where
     })
 }
 
-fn overhead(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let _guard = rt.enter();
-    let base = kontext_tokio::background();
-    let mut g = c.benchmark_group("per_request");
+/// Runs `n` requests through one stack and returns the time taken.
+type Stack = Box<dyn Fn(&tokio::runtime::Runtime, u64) -> Duration>;
 
+/// The four in-process stacks, by name.
+fn stacks(base: &kontext::Context) -> Vec<(&'static str, Stack)> {
     let bare = ServiceBuilder::new().service_fn(handler);
-    g.bench_function("no_layer", |b| b.iter_custom(|n| run(&rt, bare, n)));
-
     let ctx = ServiceBuilder::new()
         .layer(ContextLayer::new(base.clone(), TokioTimer))
         .service_fn(|req: Request<Full<Bytes>>| {
             black_box(context(&req));
             handler(req)
         });
-    g.bench_function("context_layer", |b| {
-        b.iter_custom(|n| run(&rt, ctx.clone(), n))
-    });
-
     let enforced = ServiceBuilder::new()
         .layer(
             ContextLayer::new(base.clone(), TokioTimer)
@@ -73,20 +63,83 @@ fn overhead(c: &mut Criterion) {
                 .enforce(true),
         )
         .service_fn(handler);
-    g.bench_function("context_layer_deadline_enforced", |b| {
-        b.iter_custom(|n| run(&rt, enforced.clone(), n))
-    });
-
     let timeout = ServiceBuilder::new()
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
             Duration::from_secs(30),
         ))
         .service_fn(handler);
-    g.bench_function("tower_http_timeout", |b| {
-        b.iter_custom(|n| run(&rt, timeout, n))
-    });
+    vec![
+        ("no_layer", Box::new(move |rt, n| run(rt, bare, n))),
+        (
+            "context_layer",
+            Box::new(move |rt, n| run(rt, ctx.clone(), n)),
+        ),
+        (
+            "context_layer_deadline_enforced",
+            Box::new(move |rt, n| run(rt, enforced.clone(), n)),
+        ),
+        (
+            "tower_http_timeout",
+            Box::new(move |rt, n| run(rt, timeout, n)),
+        ),
+    ]
+}
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+fn overhead(c: &mut Criterion) {
+    let rt = current_thread();
+    let _guard = rt.enter();
+    let base = kontext_tokio::background();
+    let mut g = c.benchmark_group("per_request");
+    for (name, stack) in stacks(&base) {
+        g.bench_function(name, |b| b.iter_custom(|n| stack(&rt, n)));
+    }
     g.finish();
+}
+
+/// `OVERHEAD_ROUNDS=<r>`: `r` rounds, each timing a batch of requests through every
+/// in-process stack in turn, so that a shared machine's load, which drifts, weighs on
+/// all stacks alike; prints each stack's time per request (median and range over the
+/// rounds) and its ratio to `tower_http_timeout` (median and range of the per-round
+/// ratios).
+fn rounds(r: usize, n: u64) {
+    let rt = current_thread();
+    let _guard = rt.enter();
+    let base = kontext_tokio::background();
+    let stacks = stacks(&base);
+    let mut ns = vec![Vec::new(); stacks.len()];
+    for _ in 0..r {
+        for ((_, stack), ns) in stacks.iter().zip(&mut ns) {
+            stack(&rt, n / 10); // warm-up
+            ns.push(stack(&rt, n).as_nanos() as f64 / n as f64);
+        }
+    }
+    let reference = stacks
+        .iter()
+        .position(|(name, _)| *name == "tower_http_timeout")
+        .unwrap();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    println!("{r} rounds of {n} requests per stack; ns per request, median [range]; ratio to tower_http_timeout, median [range]");
+    for (i, (name, _)) in stacks.iter().enumerate() {
+        let mut ratio: Vec<f64> = ns[i]
+            .iter()
+            .zip(&ns[reference])
+            .map(|(a, b)| a / b)
+            .collect();
+        let (m, lo, hi) = median(&mut ns[i].clone());
+        let (rm, rlo, rhi) = median(&mut ratio);
+        println!("{name:<32} {m:6.0} [{lo:.0}-{hi:.0}]  x{rm:.2} [{rlo:.2}-{rhi:.2}]");
+    }
 }
 
 /// What the server layer's cost is made of.
@@ -247,4 +300,32 @@ fn over_loopback(c: &mut Criterion) {
 }
 
 criterion_group!(benches, overhead, parts, over_loopback);
-criterion_main!(benches);
+
+/// Without these variables, criterion's benches. `OVERHEAD_ROUNDS=<r>` (and
+/// `OVERHEAD_REQUESTS=<n>`, default 10,000): interleaved rounds of the in-process stacks,
+/// see [`rounds`]. `OVERHEAD_STACK=<name> OVERHEAD_REQUESTS=<n>`: only `n` requests through
+/// one in-process stack (`no_layer`, `context_layer`, ...), no measurement: for an
+/// instruction count under `valgrind --tool=callgrind`, repeatable where wall time on a
+/// shared machine is not (run it with two values of `n`; the difference divided by the
+/// difference of `n` is the cost of one request).
+fn main() {
+    let var = |name| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    let n = var("OVERHEAD_REQUESTS").unwrap_or(10_000);
+    if let Some(r) = var("OVERHEAD_ROUNDS") {
+        return rounds(r as usize, n);
+    }
+    if let Ok(name) = std::env::var("OVERHEAD_STACK") {
+        let rt = current_thread();
+        let _guard = rt.enter();
+        let base = kontext_tokio::background();
+        let stacks = stacks(&base);
+        let (_, stack) = stacks
+            .iter()
+            .find(|(s, _)| *s == name)
+            .unwrap_or_else(|| panic!("no stack named {name}"));
+        stack(&rt, n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

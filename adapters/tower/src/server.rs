@@ -458,21 +458,16 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let config = &*self.config;
-        let grpc = is_grpc(req.headers());
         // Invariant 2: nest under a request context from further out.
         let (ctx, handle, answer) = match req.extensions().get::<Context>() {
             Some(outer) => config.request_context(outer, req.headers()),
             None => config.request_context(&config.base, req.headers()),
         };
-        let watch = config
-            .enforce
-            .then(|| Watch::new(ctx.clone(), config.timer.clone()));
-        let handle = RequestHandle::new(handle);
+        // gRPC or not only matters to the layer's own answers: one on arrival, or one made
+        // by enforcement (a response, or trailers that end the body).
+        let grpc = (answer.is_some() || config.enforce) && is_grpc(req.headers());
         let state = State {
-            handle,
-            ctx: ctx.clone(),
-            timer: config.timer.clone(),
-            enforce: config.enforce,
+            handle: RequestHandle::new(handle),
             grpc,
         };
         if let Some(answer) = answer {
@@ -483,6 +478,11 @@ where
                 state: Some(state),
             };
         }
+        // With enforcement, the future's watch, then the body's: one context reference
+        // and at most one armed wait for the whole request.
+        let watch = config
+            .enforce
+            .then(|| Watch::new(ctx.clone(), config.timer.clone()));
         let mut req = req;
         // The request's span (tower-http's TraceLayer, outside), for handlers and their tasks.
         #[cfg(feature = "tracing")]
@@ -510,21 +510,24 @@ where
 }
 
 /// What the response future hands to the body.
-struct State<T> {
+struct State {
     handle: RequestHandle,
-    ctx: Context,
-    timer: T,
-    enforce: bool,
+    /// A gRPC request (computed only where an answer of the layer's own may be needed).
     grpc: bool,
 }
 
-impl<T: Timer> State<T> {
+impl State {
     fn end(self, how: RequestEnd) {
         self.handle.end(how);
     }
 
-    fn into_body<B: http_body::Body>(self, body: Option<B>) -> ContextBody<B, T> {
-        let watch = self.enforce.then(|| Watch::new(self.ctx, self.timer));
+    /// The body that owns the handle from now on; `watch` (with enforcement) is the
+    /// response future's, armed wait included.
+    fn into_body<B: http_body::Body, T: Timer>(
+        self,
+        body: Option<B>,
+        watch: Option<Watch<T>>,
+    ) -> ContextBody<B, T> {
         ContextBody::new(body, self.handle, watch, self.grpc)
     }
 }
@@ -563,7 +566,7 @@ pin_project! {
         inner: Option<F>,
         watch: Option<Watch<T>>,
         answer: Option<Answer>,
-        state: Option<State<T>>,
+        state: Option<State>,
     }
 
     impl<F, T: Timer> PinnedDrop for ResponseFuture<F, T> {
@@ -601,7 +604,9 @@ where
         if let Some(answer) = answer {
             this.inner.set(None); // drops the handler's future now
             let state = state();
-            return Poll::Ready(Ok(answer.respond(state.grpc, state.into_body(None))));
+            let grpc = state.grpc;
+            // An empty body, complete at once: no watch.
+            return Poll::Ready(Ok(answer.respond(grpc, state.into_body(None, None))));
         }
         let inner = this
             .inner
@@ -617,7 +622,8 @@ where
                         this.inner.set(None);
                         let state = state();
                         let answer = Answer::for_reason(reason);
-                        return Poll::Ready(Ok(answer.respond(state.grpc, state.into_body(None))));
+                        let grpc = state.grpc;
+                        return Poll::Ready(Ok(answer.respond(grpc, state.into_body(None, None))));
                     }
                 }
                 Poll::Pending
@@ -631,7 +637,8 @@ where
                     state.handle.hand_over();
                     return Poll::Ready(Ok(res.map(|b| ContextBody::detached(b))));
                 }
-                Poll::Ready(Ok(res.map(|b| state.into_body(Some(b)))))
+                let watch = this.watch.take();
+                Poll::Ready(Ok(res.map(|b| state.into_body(Some(b), watch))))
             }
             Ok(Poll::Ready(Err(e))) => {
                 state().end(RequestEnd::Failed);
@@ -649,7 +656,7 @@ where
 impl<F, T: Timer> fmt::Debug for ResponseFuture<F, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("context", &self.state.as_ref().map(|s| &s.ctx))
+            .field("context", &self.state.as_ref().map(|s| s.handle.context()))
             .field("enforced", &self.watch.is_some())
             .finish_non_exhaustive()
     }
