@@ -12,7 +12,7 @@ fn node_sizes_are_the_same_with_and_without_diagnostics() {
     let expected = [
         ("cancel", 64),
         ("deadline", 136),
-        ("value (header)", 72),
+        ("value (header)", 88),
         ("clock / detached", 88),
     ];
     assert_eq!(sizes, expected);

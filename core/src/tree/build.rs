@@ -292,9 +292,9 @@ pub(crate) unsafe fn detach_user(n: NonNull<CancelNode>) {
         if !unregister(owner, n.cast(), h.link.slot) {
             // A cancel walker took our slot first: it may still be walking our table. It
             // clears `MEM_REGISTERED` as its last access. The wait is bounded by its
-            // progress: while it holds our registration it runs no waker (invariant 11)
-            // and no callback (none hangs below a user node), so it cannot be waiting for
-            // us, on this thread or on one we preempted.
+            // progress: while it holds our registration it runs no waker and no callback
+            // (invariant 11), so it cannot be waiting for us, on this thread or on one we
+            // preempted.
             // Acquire: pairs with the Release in `release_registered`.
             while h.link.refs.load(Acquire) & MEM_REGISTERED != 0 {
                 crate::sync::spin_hint();
@@ -327,17 +327,17 @@ pub(crate) fn new_value<T: Send + Sync + 'static>(
     }
     let d = derive_from(parent);
     let p = alloc_node(ValueNode {
-        head: ValueHead {
-            header: header(
+        head: ValueHead::new(
+            header(
                 Kind::Value,
                 Storage::Heap,
                 HANDLE + MEM_COLLECTIVE,
                 NO_SLOT,
                 &d,
             ),
-            type_id: TypeId::of::<T>(),
-            drop: drop_value::<T>,
-        },
+            TypeId::of::<T>(),
+            drop_value::<T>,
+        ),
         value,
     })
     .cast::<Header>();
@@ -372,11 +372,11 @@ pub(crate) unsafe fn new_value_in<T: Send + Sync + 'static>(
     // SAFETY: the caller guarantees the place.
     unsafe {
         place.as_ptr().write(ValueNode {
-            head: ValueHead {
-                header: header(Kind::Value, Storage::User, 0, NO_SLOT, &d),
-                type_id: TypeId::of::<T>(),
-                drop: never,
-            },
+            head: ValueHead::new(
+                header(Kind::Value, Storage::User, 0, NO_SLOT, &d),
+                TypeId::of::<T>(),
+                never,
+            ),
             value,
         })
     };

@@ -97,6 +97,11 @@
 //!     With `alloc` any number of wakers is kept (past 32, in a vector); without it, 32
 //!     per user subtree, and further ones are woken at once (documented); callbacks exist
 //!     only with `alloc`.
+//! 12. Value chains: a value node's `values` is the nearest value node above it, and its
+//!     `jump` a value node further up (or `None`: past the root), such that its `span`
+//!     filter has the bit of the type of every node from itself up to `jump` (excluded).
+//!     Written before the node is published, never changed. So a lookup whose type's bit
+//!     is clear may go straight to `jump` without missing the nearest value (`values.rs`).
 //!
 //! # Deadlock and panic safety
 //!
@@ -361,7 +366,13 @@ pub(crate) struct ClockNode {
 #[repr(C)]
 struct ValueHead {
     header: Header,
+    /// Beside `header.values`: a lookup's plain step reads the two together.
     type_id: TypeId,
+    /// A value node further up the chain (invariant 12).
+    jump: Option<NonNull<Header>>,
+    /// Level of the jump (low 8 bits) and the Bloom filter of the types from this node up
+    /// to `jump`, excluded (high 56 bits; invariant 12).
+    span: u64,
     /// Frees a heap value node (unused for user storage, which drops itself).
     drop: unsafe fn(NonNull<Header>),
 }
@@ -412,6 +423,7 @@ mod introspect;
 mod observe;
 mod refs;
 mod side;
+mod values;
 mod walk;
 
 // Each mechanism's crate-visible items, re-exported (some exist only with some features).
@@ -429,5 +441,7 @@ pub(crate) use observe::*;
 pub(crate) use refs::*;
 #[allow(unused_imports)]
 pub(crate) use side::*;
+#[allow(unused_imports)]
+pub(crate) use values::*;
 #[allow(unused_imports)]
 pub(crate) use walk::*;

@@ -133,36 +133,6 @@ impl Header {
     }
 }
 
-/// The value of type `T` nearest to `node` (itself included), walking value nodes only.
-///
-/// Takes the node's raw pointer: a value node's payload lies past its `Header`, which a
-/// pointer re-derived from a `&Header` may not read (Stacked Borrows).
-///
-/// # Safety
-/// `node` is alive for `'a` (a handle or a borrow of its storage).
-pub(crate) unsafe fn value<'a, T: 'static>(node: NonNull<Header>) -> Option<&'a T> {
-    let want = TypeId::of::<T>();
-    // SAFETY: the caller keeps `node` alive.
-    let h = unsafe { node.as_ref() };
-    // A value node's `values` is the nearest value node *above* it, so a lookup takes one
-    // dependent load per value node it passes.
-    let mut v = match h.link.kind {
-        Kind::Value => Some(node),
-        _ => h.values,
-    };
-    while let Some(p) = v {
-        // SAFETY: `values` chains only point at value nodes (all `ValueHead`-prefixed),
-        // kept alive by invariant 2.
-        let head = unsafe { &*p.cast::<ValueHead>().as_ptr() };
-        if head.type_id == want {
-            // SAFETY: the type id says this is a `ValueNode<T>`.
-            return Some(unsafe { &(*p.cast::<ValueNode<T>>().as_ptr()).value });
-        }
-        v = head.header.values;
-    }
-    None
-}
-
 /// # Safety
 /// `t` must be a live node of kind `Deadline` or `Clock`.
 pub(super) unsafe fn time_ext<'a>(t: NonNull<Header>) -> &'a TimeExt {
