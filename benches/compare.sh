@@ -175,17 +175,18 @@ for bj in glob.glob(os.path.join(work, "rust", "round-*", "**", "new", "benchmar
     by_round.setdefault((scenario, b["function_id"]), {})[rnd] = ns
 
 # ---- lock-step chunk counts of the contended rows (KONTEXT_BENCH_LOCKSTEP), summed over rounds
-chunks = {}  # (scenario, system) -> {"threads", "chunk", "checked", "chunks", "discarded", "calls", "gave_up"}
+chunks = {}  # (scenario, system) -> {"threads", "chunk", "checked", "chunks", "discarded", "calls", "gave_up",
+             #                       "preempted", "apart"}
 for f in glob.glob(os.path.join(work, "rust", "round-*", "lockstep.tsv")):
     for line in open(f):
         cells = line.rstrip("\n").split("\t")
-        if len(cells) != 8:
+        if len(cells) != 10:
             continue
         group, system, case = cells[0].split("/", 2)
         c = chunks.setdefault(("%s/%s" % (group, case), system),
                               {"threads": int(cells[1]), "chunk": int(cells[2]), "checked": cells[3] == "1",
-                               "chunks": 0, "discarded": 0, "calls": 0, "gave_up": 0})
-        for i, k in ((4, "chunks"), (5, "discarded"), (6, "calls"), (7, "gave_up")):
+                               "chunks": 0, "discarded": 0, "calls": 0, "gave_up": 0, "preempted": 0, "apart": 0})
+        for i, k in ((4, "chunks"), (5, "discarded"), (6, "calls"), (7, "gave_up"), (8, "preempted"), (9, "apart")):
             c[k] += int(cells[i])
 
 # ---- Go: the raw `go test -bench` lines of every round
@@ -282,15 +283,17 @@ go_allocs_path = os.path.join(work, "go-allocs.txt")
 go_allocs = open(go_allocs_path).read().strip() if os.path.exists(go_allocs_path) else ""
 
 # ---- lock-step chunk counts (one row per contended row that ran)
-chunk_head = ["contended row", "system", "threads × ops per chunk", "chunks run", "discarded", "share discarded"]
+chunk_head = ["contended row", "system", "threads × ops per chunk", "chunks run", "discarded",
+              "of which a thread preempted / started apart", "share discarded"]
 chunk_rows = []
 for (s, system), c in sorted(chunks.items(), key=lambda kv: (kv[0][0].split("/")[0] == SCALING, key(kv[0][0]), kv[0][1])):
     chunk_rows.append([s, system, "%d × %d" % (c["threads"], c["chunk"]), "{:,}".format(c["chunks"]),
                        "{:,}".format(c["discarded"]) if c["checked"] else "not checked",
+                       "{:,} / {:,}".format(c["preempted"], c["apart"]) if c["checked"] else "—",
                        ("%.1f %%" % (100.0 * c["discarded"] / c["chunks"]) if c["chunks"] else "—")
                        if c["checked"] else "—"])
     if c["gave_up"]:
-        chunk_rows[-1][4] += " (%d of %d calls gave up: every chunk counted)" % (c["gave_up"], c["calls"])
+        chunk_rows[-1][4] += " (%d of %d samples counted none: they use every chunk)" % (c["gave_up"], c["calls"])
 
 # ---- scaling: create + cancel on one parent at P threads, per thread
 cores = int(meta["cores"])
@@ -489,7 +492,9 @@ with open(out, "w") as f:
       "involuntary switches changed during the chunk, and the last thread started within 1/8 of the "
       "chunk's time after the first. Its time is the wall time from the first start to the last end; "
       "the row is the sum over counted chunks divided by their operations. Discarded chunks are "
-      "rerun, and counted below (warm-up included). With more threads than cores (where "
+      "rerun, and counted below (warm-up included); a criterion sample that ran ten times the "
+      "chunks it needed and counted none uses all its chunks instead (the table says how many "
+      "did: such a row is not lock-step). With more threads than cores (where "
       "preemption is certain) every chunk counts. Go's contended rows are `RunParallel`, "
       "free-running (Go's testing package has no such mode)." % (
           ", ".join(sorted({str(c["chunk"]) for c in chunks.values()})) or "256"))

@@ -169,9 +169,9 @@ pub fn contended<P: Sync>(id: &str, shared: &P, iters: u64, op: impl Fn(&P) + Sy
 /// barriers, the switch reads and the judging are outside every timed region.
 ///
 /// Without the check (more threads than cores, where preemption is certain; or an OS
-/// without per-thread `getrusage`) every chunk counts. If at most one chunk in ten counts
-/// (a machine too loaded to give the threads their cores), the call gives up after ten
-/// times the chunks it needed and uses every chunk it ran; the counts record it.
+/// without per-thread `getrusage`) every chunk counts. A call runs at most ten times the
+/// chunks it needs; if none of them counted (a machine too loaded to give every thread a
+/// core at once), it uses them all, and the counts record that it gave up.
 pub fn lockstep<P: Sync>(
     id: &str,
     threads: usize,
@@ -186,7 +186,10 @@ pub fn lockstep<P: Sync>(
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     let filtered = threads <= cores && involuntary_switches().is_some();
 
-    let barrier = SpinBarrier::new(threads);
+    // Spins, then yields: with a core per thread the others arrive within the spins (a
+    // yield would only hand the core away when another process wants it, and then the
+    // chunk is discarded anyway); with more threads than cores, waiting threads yield soon.
+    let barrier = SpinBarrier::new(threads, if filtered { 1 << 12 } else { 1 << 6 });
     let stop = AtomicBool::new(false);
     let slots: Vec<Mutex<Span>> = (0..threads).map(|_| Mutex::new(Span::default())).collect();
     let mut tally = Tally::default();
@@ -269,6 +272,10 @@ struct Tally {
     counted_wall: Duration,
     all_wall: Duration,
     gave_up: u64,
+    /// Chunks in which some thread was preempted.
+    preempted: u64,
+    /// Chunks whose threads started too far apart (and none was preempted).
+    apart: u64,
 }
 
 impl Tally {
@@ -280,9 +287,14 @@ impl Tally {
         self.chunks += 1;
         self.all_wall += wall;
         let together = (last - first) * 8 <= wall;
-        if !filtered || (together && spans.iter().all(|s| !s.preempted)) {
+        let preempted = spans.iter().any(|s| s.preempted);
+        if !filtered || (together && !preempted) {
             self.counted += 1;
             self.counted_wall += wall;
+        } else if preempted {
+            self.preempted += 1;
+        } else {
+            self.apart += 1;
         }
     }
 }
@@ -297,6 +309,8 @@ struct ChunkStats {
     discarded: u64,
     calls: u64,
     gave_up: u64,
+    preempted: u64,
+    apart: u64,
 }
 
 impl ChunkStats {
@@ -305,6 +319,8 @@ impl ChunkStats {
         self.chunks += tally.chunks;
         self.discarded += tally.chunks - tally.counted;
         self.gave_up += tally.gave_up;
+        self.preempted += tally.preempted;
+        self.apart += tally.apart;
     }
 }
 
@@ -314,18 +330,21 @@ static STATS: Mutex<BTreeMap<String, ChunkStats>> = Mutex::new(BTreeMap::new());
 /// per row on stderr and, if `KONTEXT_BENCH_LOCKSTEP` names a file, the same as
 /// tab-separated fields appended to it (`compare.sh` reads them): benchmark id, threads,
 /// operations per thread per chunk, whether chunks were checked (1) or all counted (0),
-/// chunks run, chunks discarded, calls, calls that gave up on the check. Call it at the
-/// end of each group.
+/// chunks run, chunks discarded, calls, calls that gave up on the check, and the discarded
+/// chunks by reason: a thread preempted, the threads started apart. Call it at the end of
+/// each group.
 pub fn flush_lockstep_stats() {
     let stats = std::mem::take(&mut *STATS.lock().unwrap());
     let mut lines = String::new();
     for (id, s) in &stats {
         eprintln!(
-            "lock-step {id}: {} chunks of {}×{} ops, {} discarded{}{}",
+            "lock-step {id}: {} chunks of {}×{} ops, {} discarded ({} preempted, {} started apart){}{}",
             s.chunks,
             s.threads,
             s.chunk,
             s.discarded,
+            s.preempted,
+            s.apart,
             if s.filtered {
                 ""
             } else {
@@ -338,14 +357,16 @@ pub fn flush_lockstep_stats() {
             },
         );
         lines += &format!(
-            "{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            "{id}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
             s.threads,
             s.chunk,
             u8::from(s.filtered),
             s.chunks,
             s.discarded,
             s.calls,
-            s.gave_up
+            s.gave_up,
+            s.preempted,
+            s.apart
         );
     }
     if let Some(path) = std::env::var_os("KONTEXT_BENCH_LOCKSTEP") {
@@ -377,21 +398,24 @@ fn involuntary_switches() -> Option<u64> {
     None
 }
 
-/// A reusable barrier that spins, then yields: threads leave it within a few hundred
-/// nanoseconds of each other when each has a core (std's `Barrier` parks, and a wake-up
-/// takes tens of microseconds), and it does not starve a descheduled thread when there are
-/// more threads than cores.
+/// A reusable barrier that spins (then, optionally, yields): threads leave it within a few
+/// hundred nanoseconds of each other when each has a core (std's `Barrier` parks, and a
+/// wake-up takes tens of microseconds); yielding after a while keeps it from starving a
+/// descheduled thread when there are more threads than cores.
 #[derive(Debug)]
 struct SpinBarrier {
     threads: usize,
+    /// Spins before each wait starts yielding.
+    yield_after: u32,
     arrived: AtomicUsize,
     generation: AtomicUsize,
 }
 
 impl SpinBarrier {
-    fn new(threads: usize) -> Self {
+    fn new(threads: usize, yield_after: u32) -> Self {
         SpinBarrier {
             threads,
+            yield_after,
             arrived: AtomicUsize::new(0),
             generation: AtomicUsize::new(0),
         }
@@ -413,7 +437,7 @@ impl SpinBarrier {
             let mut spins = 0u32;
             // Acquire: pairs with the Release store of the last arrival.
             while self.generation.load(Ordering::Acquire) == generation {
-                if spins < 1 << 12 {
+                if spins < self.yield_after {
                     spins += 1;
                     std::hint::spin_loop();
                 } else {
