@@ -4,8 +4,10 @@
 # kontext/tokio-util, kontext/Go) and writes it, with the machine, versions and the
 # targets of the benches issue, to benches/RESULTS.md.
 #
-#   benches/compare.sh            # full run: R=3 rounds of Go then Rust (about 17 min on 2 cores)
-#   QUICK=1 benches/compare.sh    # smoke test of the script (about 2 min); numbers are not results
+#   benches/compare.sh            # full run: R=3 rounds of Go then Rust (about 15 min on 2 quiet
+#                                 # cores; R=5 about 25 min; longer on a loaded machine, where
+#                                 # most lock-step chunks are discarded and rerun)
+#   QUICK=1 benches/compare.sh    # smoke test of the script (about 3-5 min); numbers are not results
 #
 # The contended rows run in lock-step chunks and count only chunks in which every thread ran
 # throughout (see `lockstep` in benches/src/lib.rs); the report says how many were discarded.
@@ -27,6 +29,9 @@
 #   GO_BENCH               -bench regexp of both Go suites (go-baseline's fanout and benches/go;
 #                          default: all)
 #   SKIP_MEMORY=1          skip the allocation counts (memory bench, Go's TestAllocsActual)
+#   BASELINE               an earlier RESULTS.md (same machine): the report adds each row's change
+#                          against it and a "nothing regresses by more than 5 %" target, e.g.
+#                          git show a838700:benches/RESULTS.md >/tmp/base.md; BASELINE=/tmp/base.md
 #
 # A focused run of the deadline rows, beside today's deadline_child/create_cancel:
 #   RUST_BENCHES="child_create_cancel deadline" RUST_FILTER='^deadline_' \
@@ -425,6 +430,56 @@ live = lead_number(mem.get("N children alive: live bytes per child (incl. parent
 target("≤ 64 bytes per cancel-only node", chk(node, 64),
        "node %s B; live heap per child incl. the parent's slot table %s B" % (fmt(node), fmt(live)))
 
+# ---- against a baseline report (BASELINE: an earlier RESULTS.md, ideally from the same machine)
+base_path = env.get("BASELINE", "")
+base_rows = []
+regressed = []
+if base_path:
+    def cell_number(c):
+        c = c.strip().replace(",", "")
+        try:
+            return float(c)
+        except ValueError:
+            return None
+    then = {}
+    cols = None
+    for line in open(base_path):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells and cells[0] == "scenario":
+            cols = cells
+            continue
+        if cols and len(cells) == len(cols) and "/" in cells[0]:
+            then.setdefault(cells[0], {c: cell_number(v) for c, v in zip(cols, cells)})
+        elif cols and not line.startswith("|"):
+            cols = None  # the main table ended
+    for s in scenarios:
+        b = then.get(s)
+        if not b:
+            continue
+        k, t, g = med(s, "kontext"), med(s, "tokio-util"), go_for(s)
+        # The same machine is assumed, but a ratio to a system measured in the same round is
+        # steadier than an absolute figure: compare kontext/tokio-util, else kontext/Go,
+        # else kontext alone.
+        if k is None or b.get("kontext") is None:
+            continue
+        if t and b.get("tokio-util"):
+            what, was, now = "kontext/tokio-util", b["kontext"] / b["tokio-util"], k / t
+        elif g and b.get("Go"):
+            what, was, now = "kontext/Go", b["kontext"] / b["Go"], k / g
+        else:
+            what, was, now = "kontext", b["kontext"], k
+        change = now / was - 1
+        if change > 0.05:
+            regressed.append(s)
+        base_rows.append([s, "%s → %s" % (fmt(b["kontext"]), fmt(k)), what, "%.3g → %.3g" % (was, now),
+                          "%+.0f %%" % (100 * change), "**worse by > 5 %**" if change > 0.05 else ""])
+    target("nothing regresses by more than 5 %% against %s" % os.path.basename(base_path),
+           None if not base_rows else not regressed,
+           "%d of %d rows worse by > 5 %%%s" % (len(regressed), len(base_rows),
+                                               (": " + ", ".join(regressed)) if regressed else ""))
+base_md = md_table(["scenario", "kontext then → now", "compared", "then → now", "change", ""], base_rows) \
+    if base_rows else ""
+
 main_md = md_table(head, rows)
 targets_md = md_table(["target (issues 7, 14 and 18)", "figures (medians, this run)", ""], targets)
 
@@ -522,6 +577,16 @@ with open(out, "w") as f:
     w("## Targets")
     w()
     w(targets_md)
+    if base_md:
+        w()
+        w("### Against the baseline")
+        w()
+        w("`BASELINE=%s`: each row's kontext figure then and now, and the ratio compared: "
+          "kontext/tokio-util where tokio-util has the row, else kontext/Go, else kontext's own "
+          "figure (meaningful only on the same machine). Noise moves single rows by more than "
+          "5 %%: look at the per-round column before believing one." % base_path)
+        w()
+        w(base_md)
     w()
     w("## Memory")
     w()
