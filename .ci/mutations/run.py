@@ -39,6 +39,11 @@ MUTATIONS = [
      "Some(head.owner.cast())",
      MIRI + "--test user_code a_deferred_callback_stopped_after_its_pinned_node_is_gone_is_freed_cleanly",
      "freeing a pinned node's callback entry touches its owner, whose storage may be gone (invariant 2)"),
+    ("release-fence", "core/src/tree/refs.rs",
+     "        // node. The mutation `release-fence` removes it: loom then reports the race.\n        fence(Acquire);",
+     "        // node. The mutation `release-fence` removes it: loom then reports the race.\n",
+     LOOM + "callback_drops_last_handle_of_walked_node",
+     "the last handle frees a node without the Acquire fence (tree invariant 1)"),
     ("settle", "core/src/tree/observe.rs",
      "self.deadline_passed().then(|| self.settle())",
      "self.deadline_passed().then(|| { let t = self.time_src.unwrap(); \

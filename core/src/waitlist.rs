@@ -224,6 +224,11 @@ impl WakeBatch {
         self.len == Self::CAP
     }
 
+    /// Whether no waker is in the batch.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     fn push(&mut self, w: Waker) {
         self.wakers[self.len].write(w);
         self.len += 1;

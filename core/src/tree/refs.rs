@@ -50,14 +50,27 @@ pub(crate) unsafe fn release_handle(mut l: NonNull<Link>) {
         if prev >> 2 != 1 {
             return;
         }
-        // Acquire: pairs with the Release decrements of the other handles. Redundant, and
-        // known to be (no test can catch its removal): the only accesses before the AcqRel
-        // decrement below read fields that are immutable since the node was published, and
-        // that decrement is an RMW in the release sequence of every earlier decrement, so
-        // whoever frees the node (we, or a walker whose AcqRel release reads a later value)
-        // already synchronizes with all the other handles' uses. Kept as the `Arc` idiom;
-        // a no-op instruction on x86 and one `dmb ishld` on ARM, once per node.
+        // Acquire: pairs with the Release decrements of the other handles (and of a walker
+        // that released the registration): their uses of the node happen before we free
+        // it on the fast path below, which has no second, AcqRel, decrement to order them
+        // (`Arc`'s idiom). A no-op instruction on x86, one `dmb ishld` on ARM, once per
+        // node. The mutation `release-fence` removes it: loom then reports the race.
         fence(Acquire);
+        if prev == HANDLE + MEM_COLLECTIVE {
+            // The last handle of a node no slot holds (never registered, or its walker
+            // took and released the registration): no reference is left but ours, and
+            // none can come back (invariant 1), so the node is ours to free without the
+            // second decrement. The fence above ordered the other handles' uses before
+            // this (they decremented with Release; so did the walker's release).
+            // SAFETY: nothing else refers to the node any more (invariant 1).
+            match unsafe { free(l) } {
+                Some(next) => {
+                    l = next;
+                    continue;
+                }
+                None => return,
+            }
+        }
         let mut mem = MEM_COLLECTIVE;
         if matches!(link.kind, Kind::Cancel | Kind::Deadline) && link.slot != NO_SLOT {
             // SAFETY: cancel nodes start with a `Header`.

@@ -314,7 +314,27 @@ impl Deferred {
         }
     }
 
+    /// Whether nothing is kept.
+    #[inline]
+    fn is_empty(&self) -> bool {
+        #[cfg(feature = "alloc")]
+        if !self.more.is_empty() || !self.callbacks.is_empty() {
+            return false;
+        }
+        self.batch.is_empty()
+    }
+
+    /// Wakes and runs everything kept. Cheap when nothing is: the walk calls it after
+    /// every child it leaves while it holds no user node.
+    #[inline]
     pub(super) fn wake_all(&mut self, panics: &mut Panics) {
+        if !self.is_empty() {
+            self.wake_all_kept(panics);
+        }
+    }
+
+    #[cold]
+    fn wake_all_kept(&mut self, panics: &mut Panics) {
         self.batch.wake_all(|wake| panics.call(wake));
         #[cfg(feature = "alloc")]
         for w in self.more.drain(..) {
