@@ -194,6 +194,12 @@ impl<T: Timer> ContextLayer<T> {
     /// first, so the context reports `DeadlineExceeded` with a [`RequestDeadline`] cause
     /// rather than [`RequestEnd::ClientGone`]. [`RequestDeadline::timeout`] reports the
     /// timeout after the margin.
+    ///
+    /// A tonic client without [`PropagateLayer`](crate::PropagateLayer) races a timer of its
+    /// own for the `grpc-timeout` it sends, started before the request left, and reports
+    /// `CANCELLED` ("Timeout expired") when that timer wins. With
+    /// [`enforce`](ContextLayer::enforce), a margin longer than a round trip (tens of
+    /// milliseconds) makes the server's `DEADLINE_EXCEEDED` reach such a client first.
     pub fn margin(self, margin: Duration) -> Self {
         self.edit(|c| c.margin = margin)
     }

@@ -124,6 +124,49 @@ async fn enforcement_answers_deadline_exceeded_trailers_only_and_drops_the_handl
     );
 }
 
+/// A plain tonic client (no `PropagateLayer`) races its own timer for the `grpc-timeout`
+/// it sends, and reports `CANCELLED` when that timer wins. With enforcement and a margin
+/// longer than a round trip, the server's `DEADLINE_EXCEEDED` (trailers-only, status 4)
+/// arrives first, and the handler's context says the client's timeout ended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_enforcement_and_a_margin_a_plain_client_gets_deadline_exceeded() {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    let svc = echo(move |req| {
+        tx.send(req.context().expect("ContextLayer ran").clone())
+            .unwrap();
+        let guard = DropFlag(flag.clone());
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await; // ignores its context
+            Ok(tonic::Response::new(Msg::default()))
+        }
+    });
+    let layer = ContextLayer::new(kontext_tokio::background(), TokioTimer)
+        .margin(Duration::from_millis(100))
+        .enforce(true);
+    let addr = serve_grpc(layer, svc).await;
+    let channel = channel(addr).await;
+    for _ in 0..3 {
+        let mut req = msg("hello");
+        req.set_timeout(Duration::from_millis(400));
+        let err = bounded("the answer", call(channel.clone(), req))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+        let ctx = bounded("the handler", rx.recv()).await.unwrap();
+        assert_eq!(ctx.err(), Some(kontext::Error::DeadlineExceeded));
+        let cause = deadline_of(&ctx);
+        assert_eq!(cause.source(), &DeadlineSource::GrpcTimeout);
+        assert_eq!(cause.timeout(), Duration::from_millis(300)); // 400 ms less the margin
+        assert!(
+            dropped.swap(false, Ordering::SeqCst),
+            "the handler future was not dropped"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_base_answers_unavailable() {
     let (base, abort) = kontext_tokio::background().child();
