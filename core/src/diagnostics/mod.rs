@@ -42,9 +42,13 @@
 //! # Cost
 //! The table is a hash map in 16 shards behind mutexes: each construction, each node made
 //! final and each free takes one shard lock, plus one `Instant::now()` per construction
-//! and per cancelled node. It is meant for tests, debugging builds and staging, not
-//! for hot production paths; `benches/` measures create + cancel + drop with and without
-//! it.
+//! and per cancelled node. It is meant for tests, debugging builds and staging, not for
+//! hot production paths. Measured on the development machine (release, one thread, a
+//! long-lived parent): a child's create + cancel + drop goes from 865 to 1,356
+//! instructions (callgrind; a deadline child 1,197 to 1,691, a value node's create + drop
+//! 319 to 693), about 100 to 120 ns more (best of five runs of a million, on a loaded
+//! 2-core machine: 185 to 300 ns). The criterion rows of `benches/` run with it through
+//! `cargo bench -p kontext-benches --features kontext/diagnostics`.
 
 extern crate std;
 
