@@ -104,8 +104,20 @@ pub(super) fn walk(
     // Invariant 11: wakers met while we hold a user node's registration wait here until we
     // hold none. A firing alarm holds a user root the same way (alarm invariant 4); any
     // other caller keeps the root alive itself (a handle, or a borrow of its storage).
-    let mut deferred = Deferred::new();
     let root_held = fired && r.header.link.storage == Storage::User;
+    // A root with nothing registered below it (read after our fence, as for a child in
+    // the loop below: invariant 5) has only its waiters to wake: no walk, nothing kept.
+    if !root_held && r.side().is_none_or(|s| !s.has_entries()) {
+        notify(r, None, &mut panics);
+        if fired {
+            r.header.link.storage_handover.read();
+            // SAFETY: a firing heap deadline node, alive until this call.
+            unsafe { alarm::fired(root.cast()) };
+        }
+        panics.finish();
+        return true;
+    }
+    let mut deferred = Deferred::new();
     notify(r, root_held.then_some(&mut deferred), &mut panics);
     // User nodes on the current path whose registrations (or alarm) we hold.
     let mut held_user = usize::from(root_held);
