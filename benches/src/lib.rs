@@ -526,3 +526,131 @@ impl Countdown {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `f` on its own thread and fails the test if it has not returned within 5 s (a
+    /// broken barrier would hang it).
+    fn within_5s(f: impl FnOnce() + Send + 'static) {
+        let (done, finished) = std::sync::mpsc::channel();
+        let worker = thread::spawn(move || {
+            f();
+            done.send(()).unwrap();
+        });
+        match finished.recv_timeout(Duration::from_secs(5)) {
+            Ok(()) => worker.join().unwrap(),
+            // The worker panicked: resume its panic.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::panic::resume_unwind(worker.join().unwrap_err())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("still running after 5 s"),
+        }
+    }
+
+    fn span(start_us: u64, end_us: u64, preempted: bool, base: Instant) -> Span {
+        Span {
+            start: Some(base + Duration::from_micros(start_us)),
+            end: Some(base + Duration::from_micros(end_us)),
+            preempted,
+        }
+    }
+
+    #[test]
+    fn a_chunk_counts_only_if_every_thread_ran_throughout() {
+        let base = Instant::now();
+        let mut tally = Tally::default();
+        // Together, neither preempted: counted, timed from the first start to the last end.
+        tally.judge(
+            &[span(0, 100, false, base), span(1, 120, false, base)],
+            true,
+        );
+        assert_eq!((tally.chunks, tally.counted), (1, 1));
+        assert_eq!(tally.counted_wall, Duration::from_micros(120));
+        // One thread preempted: discarded.
+        tally.judge(&[span(0, 100, false, base), span(1, 120, true, base)], true);
+        assert_eq!((tally.chunks, tally.counted, tally.preempted), (2, 1, 1));
+        // The second thread started after the first had nearly finished: discarded.
+        tally.judge(
+            &[span(0, 100, false, base), span(90, 190, false, base)],
+            true,
+        );
+        assert_eq!((tally.chunks, tally.counted, tally.apart), (3, 1, 1));
+        assert_eq!(tally.counted_wall, Duration::from_micros(120));
+        assert_eq!(tally.all_wall, Duration::from_micros(120 + 120 + 190));
+        // Unchecked (oversubscribed): every chunk counts.
+        tally.judge(
+            &[span(0, 100, true, base), span(90, 190, false, base)],
+            false,
+        );
+        assert_eq!((tally.chunks, tally.counted), (4, 2));
+    }
+
+    #[test]
+    fn lockstep_runs_whole_chunks_on_every_thread_and_records_them() {
+        within_5s(|| {
+            const THREADS: usize = 2;
+            let ops = AtomicU64::new(0);
+            let per_thread: Vec<AtomicU64> = (0..THREADS).map(|_| AtomicU64::new(0)).collect();
+            let next = AtomicUsize::new(0);
+            thread_local! {
+                /// This thread's index in `per_thread`, given at its first operation.
+                static INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+            }
+            // Relaxed throughout: the counters publish nothing; they are read after the
+            // threads are joined (`lockstep` returns after its scope ends).
+            let iters = 10 * chunk_ops() * THREADS as u64;
+            let time = lockstep("test/kontext/contended_2", THREADS, &ops, iters, |ops| {
+                let i = INDEX.with(|c| {
+                    c.get().unwrap_or_else(|| {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        c.set(Some(i));
+                        i
+                    })
+                });
+                per_thread[i].fetch_add(1, Ordering::Relaxed);
+                ops.fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(time > Duration::ZERO);
+            let total = ops.load(Ordering::Relaxed);
+            // Whole chunks, at least the ten needed, each thread the same number of operations.
+            assert!(total >= iters && total % (chunk_ops() * THREADS as u64) == 0);
+            assert_eq!(next.load(Ordering::Relaxed), THREADS);
+            for n in &per_thread {
+                assert_eq!(n.load(Ordering::Relaxed), total / THREADS as u64);
+            }
+            let stats = STATS.lock().unwrap();
+            let s = &stats["test/kontext/contended_2"];
+            assert_eq!((s.threads, s.calls), (THREADS, 1));
+            assert_eq!(s.chunks * chunk_ops() * THREADS as u64, total);
+            assert_eq!(s.discarded, s.preempted + s.apart);
+        });
+    }
+
+    #[test]
+    fn spin_barrier_holds_every_thread_until_all_arrive() {
+        within_5s(|| {
+            const THREADS: usize = 4;
+            const ROUNDS: usize = 200;
+            let barrier = SpinBarrier::new(THREADS, 1 << 6);
+            let arrived = AtomicUsize::new(0);
+            thread::scope(|s| {
+                for _ in 0..THREADS {
+                    s.spawn(|| {
+                        for round in 1..=ROUNDS {
+                            arrived.fetch_add(1, Ordering::SeqCst);
+                            barrier.wait();
+                            // Everyone of this round has arrived, and no one of the next round
+                            // can have: the next round starts after the second barrier, which
+                            // waits for this thread.
+                            assert_eq!(arrived.load(Ordering::SeqCst), round * THREADS);
+                            barrier.wait();
+                        }
+                    });
+                }
+            });
+            assert_eq!(arrived.load(Ordering::SeqCst), ROUNDS * THREADS);
+        });
+    }
+}
