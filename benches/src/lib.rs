@@ -615,7 +615,7 @@ mod tests {
             assert!(time > Duration::ZERO);
             let total = ops.load(Ordering::Relaxed);
             // Whole chunks, at least the ten needed, each thread the same number of operations.
-            assert!(total >= iters && total % (chunk_ops() * THREADS as u64) == 0);
+            assert!(total >= iters && total.is_multiple_of(chunk_ops() * THREADS as u64));
             assert_eq!(next.load(Ordering::Relaxed), THREADS);
             for n in &per_thread {
                 assert_eq!(n.load(Ordering::Relaxed), total / THREADS as u64);
