@@ -66,6 +66,7 @@ pub use kontext::rt::{
 /// `async-io` timers use). The same as [`Context::background`], spelled for symmetry with
 /// the other adapters.
 #[must_use = "a context does nothing unless used"]
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn background() -> Context {
     Context::with_clock(StdClock::STATIC)
 }

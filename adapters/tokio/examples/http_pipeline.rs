@@ -7,9 +7,6 @@
 //! deterministic and instant). With `--features diagnostics`, a fourth part leaks a
 //! request's context on purpose and prints the diagnostics dump that finds it by the file
 //! and line that created it.
-// `diagnostics` is a feature of kontext-tokio (turning on `kontext/diagnostics`); until
-// the crate declares it, the fourth part is left out without a warning.
-#![allow(unexpected_cfgs)]
 
 use std::time::Duration;
 

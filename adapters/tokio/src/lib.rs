@@ -82,6 +82,7 @@ pub use kontext::rt::{
 /// `tokio::time::pause()` and `#[tokio::test(start_paused = true)]` make them
 /// deterministic. Use it instead of [`Context::background`].
 #[must_use = "a context does nothing unless used"]
+#[cfg_attr(feature = "diagnostics", track_caller)]
 pub fn background() -> Context {
     Context::with_clock(&TokioClock)
 }

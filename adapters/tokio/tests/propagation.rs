@@ -3,8 +3,6 @@
 //! sub-tasks that spawn their own) on tokio, checked with
 //! `kontext::diagnostics::assert_propagated` after the client goes away, and the check
 //! failing, with the task's spawn site, while a task has not seen the cancel.
-// Until `kontext-tokio` declares its `diagnostics` feature, this file builds to nothing.
-#![allow(unexpected_cfgs)]
 #![cfg(feature = "diagnostics")]
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -3,8 +3,6 @@
 //! spawns tasks under the request's context; the client resets the stream; one call,
 //! `kontext::diagnostics::assert_propagated_async`, proves that every context below the
 //! request is done and every task's future dropped.
-// Until `kontext-tower` declares its `diagnostics` feature, this file builds to nothing.
-#![allow(unexpected_cfgs)]
 #![cfg(feature = "diagnostics")]
 
 mod common;
