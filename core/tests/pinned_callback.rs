@@ -64,7 +64,10 @@ fn runs_at_once_on_a_done_context_and_never_on_background() {
 
     let never = Ctx::background().on_cancel(bump(&n));
     assert!(!never.has_run());
-    assert!(never.stop(), "Go: stop on AfterFunc(Background, f) reports it stopped");
+    assert!(
+        never.stop(),
+        "Go: stop on AfterFunc(Background, f) reports it stopped"
+    );
     assert_eq!(n.load(SeqCst), 1);
 }
 
@@ -104,7 +107,11 @@ fn a_callback_left_registered_is_dropped_unrun_with_the_storage() {
         // The storage goes without a cancel (dropping a pinned node does not cancel it).
     }
     assert_eq!(n.load(SeqCst), 0, "never ran");
-    assert_eq!(Arc::strong_count(&n), 1, "the closure was dropped with the storage");
+    assert_eq!(
+        Arc::strong_count(&n),
+        1,
+        "the closure was dropped with the storage"
+    );
 }
 
 #[test]

@@ -188,7 +188,10 @@ fn a_deferred_callback_stopped_after_its_pinned_node_is_gone_is_freed_cleanly() 
     });
     bounded("cancel()", move || assert!(cancel.cancel()));
     assert!(ex.finished());
-    assert!(stopped.load(SeqCst), "the task stopped the second one first");
+    assert!(
+        stopped.load(SeqCst),
+        "the task stopped the second one first"
+    );
     assert!(!second_ran.load(SeqCst));
 }
 

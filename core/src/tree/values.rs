@@ -69,10 +69,12 @@ impl ValueHead {
                 // SAFETY: as above, for every node of the chain.
                 let pj = ph.jump.map(|j| unsafe { j.cast::<ValueHead>().as_ref() });
                 match pj {
-                    Some(pj) if level(pj.span) == level(ph.span) && level(ph.span) < LEVEL_MASK => (
-                        pj.jump,
-                        (ph.span | pj.span | bit) & !LEVEL_MASK | (level(ph.span) + 1),
-                    ),
+                    Some(pj) if level(pj.span) == level(ph.span) && level(ph.span) < LEVEL_MASK => {
+                        (
+                            pj.jump,
+                            (ph.span | pj.span | bit) & !LEVEL_MASK | (level(ph.span) + 1),
+                        )
+                    }
                     _ => (Some(p), bit | 1),
                 }
             }
