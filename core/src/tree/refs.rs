@@ -71,21 +71,24 @@ pub(crate) unsafe fn release_handle(mut l: NonNull<Link>) {
                 None => return,
             }
         }
-        let mut mem = MEM_COLLECTIVE;
-        if matches!(link.kind, Kind::Cancel | Kind::Deadline) && link.slot != NO_SLOT {
+        // A slot held the node when our decrement read `refs`. A cancel node's last handle
+        // takes it out (racing a walker for it); a callback entry stays registered when
+        // its last handle goes (`OnCancel` is dropped, not stopped), so its slot's holder
+        // frees it.
+        let unregistered = matches!(link.kind, Kind::Cancel | Kind::Deadline) && {
             // SAFETY: cancel nodes start with a `Header`.
             let h = unsafe { l.cast::<Header>().as_ref() };
             let owner = owner_of(h).expect("a registered node has an owner");
-            if unregister(owner, l, link.slot) {
-                mem |= MEM_REGISTERED;
-            }
-        }
-        // AcqRel: Release our accesses; Acquire the walker's if we free.
-        let prev = link.refs.fetch_sub(mem, AcqRel);
-        if prev != mem {
+            unregister(owner, l, link.slot)
+        };
+        // AcqRel: Release our accesses; Acquire the slot holder's if we free.
+        if !unregistered && link.refs.fetch_sub(MEM_COLLECTIVE, AcqRel) != MEM_COLLECTIVE {
             return;
         }
-        // SAFETY: refs reached zero: we are the last user (invariant 1).
+        // We cleared the slot ourselves (the registered reference is ours: invariant 3,
+        // and no decrement is needed), or the slot's holder gave its reference back before
+        // our decrement: either way every reference left is ours, as on the fast path.
+        // SAFETY: nothing else refers to the node any more (invariant 1).
         match unsafe { free(l) } {
             Some(next) => l = next,
             None => return,
