@@ -12,6 +12,8 @@
 //! 3. The inner service is not called for a request whose context is done on arrival; with
 //!    enforcement, its future is not polled again once the context is done (cancellation
 //!    is checked first).
+//! 4. With enforcement, one [`Watch`] per request: the response future's, then (armed wait
+//!    included) the body's.
 
 use core::future::Future;
 use core::pin::Pin;
