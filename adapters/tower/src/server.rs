@@ -464,7 +464,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let config = &*self.config;
         // Invariant 2: nest under a request context from further out.
         let (ctx, handle, answer) = match req.extensions().get::<Context>() {
@@ -491,7 +491,6 @@ where
         let watch = config
             .enforce
             .then(|| Watch::new(ctx.clone(), config.timer.clone()));
-        let mut req = req;
         // The request's span (tower-http's TraceLayer, outside), for handlers and their tasks.
         #[cfg(feature = "tracing")]
         let ctx = match state.handle.span() {
