@@ -46,11 +46,11 @@
 //! With the feature `diagnostics` (which turns on `kontext/diagnostics`), two more:
 //!
 //! - `created`: where the context was created (`file:line:column` of the constructor's
-//!   caller, [`kontext::diagnostics::creation_site`]; of `with_span` for a context made
+//!   caller, `kontext::diagnostics::creation_site`; of `with_span` for a context made
 //!   by it);
 //! - `dropped_handle`: only when the context was cancelled because an armed
 //!   `CancelHandle` was dropped (its own, or an ancestor's), where that handle was
-//!   created ([`kontext::diagnostics::dropped_handle_site`]): the usual
+//!   created (`kontext::diagnostics::dropped_handle_site`): the usual
 //!   `let (ctx, _) = parent.child();` mistake, named by its line.
 //!
 //! It is emitted on the thread that ends the context: the caller of `cancel`, the runtime
