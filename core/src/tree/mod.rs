@@ -371,8 +371,8 @@ struct ValueHead {
     /// A value node further up the chain (invariant 12).
     jump: Option<NonNull<Header>>,
     /// Level of the jump (low 8 bits) and the Bloom filter of the types from this node up
-    /// to `jump`, excluded (high 56 bits; invariant 12).
-    span: u64,
+    /// to `jump`, excluded (the other bits; invariant 12).
+    span: usize,
     /// Frees a heap value node (unused for user storage, which drops itself).
     drop: unsafe fn(NonNull<Header>),
 }

@@ -18,13 +18,14 @@
 
 use super::*;
 
-/// The filter's bits: the high 56 of `span` (the low 8 hold the jump's level).
+/// The filter's bits: the high bits of `span` (56 on 64-bit targets, 24 on 32-bit ones; a
+/// pointer-sized word keeps value nodes small there); the low 8 hold the jump's level.
 const LEVEL_BITS: u32 = 8;
-const LEVEL_MASK: u64 = (1 << LEVEL_BITS) - 1;
+const LEVEL_MASK: usize = (1 << LEVEL_BITS) - 1;
 
-/// The filter bit of a type: one of the 56 high bits of a word, from the type id's hash.
+/// The filter bit of a type: one of the high bits of a word, from the type id's hash.
 #[inline]
-pub(super) fn type_bit(t: TypeId) -> u64 {
+pub(super) fn type_bit(t: TypeId) -> usize {
     /// Keeps the last 64 bits `TypeId`'s `Hash` writes (its own hash of the type).
     struct Last(u64);
     impl core::hash::Hasher for Last {
@@ -43,13 +44,13 @@ pub(super) fn type_bit(t: TypeId) -> u64 {
     let mut h = Last(0);
     core::hash::Hash::hash(&t, &mut h);
     // Fibonacci hashing: the high bits of the product are well mixed.
-    let pos = ((h.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % (64 - u64::from(LEVEL_BITS)))
-        as u32
+    let pos = ((h.0.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32)
+        % u64::from(usize::BITS - LEVEL_BITS)) as u32
         + LEVEL_BITS;
     1 << pos
 }
 
-fn level(span: u64) -> u64 {
+fn level(span: usize) -> usize {
     span & LEVEL_MASK
 }
 

@@ -19,7 +19,7 @@ const _: () = assert!(size_of::<CancelNode<'static, 1>>() == 104 - 3 * SLOT);
 /// With its 16-byte entry in the clock's deadline queue (armed once something waits).
 const _: () = assert!(size_of::<DeadlineNode<'static, 4>>() == 152);
 const _: () = assert!(size_of::<DeadlineNode<'static, 1>>() == 152 - 3 * SLOT);
-const _: () = assert!(size_of::<ValueNode<'static, u32>>() == 60);
+const _: () = assert!(size_of::<ValueNode<'static, u32>>() == 68);
 const _: () = assert!(size_of::<ClockRoot>() == 72);
 /// `ctx.done()`: what waiting adds to a task's future.
 const _: () = assert!(size_of::<Done<'static>>() == 48);
