@@ -30,6 +30,8 @@
 //! throughout ([`kontext_benches::lockstep`]); the scaling bench (`scaling.rs`) runs the
 //! create+cancel row at several `P`.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -38,23 +40,12 @@ use kontext::{CancelHandle, Context};
 use kontext_benches::{contended, contended_id, flush_lockstep_stats, Timing, KONTEXT, TOKIO_UTIL};
 use tokio_util::sync::CancellationToken;
 
+use common::{kontext_create_cancel, tokio_create_cancel};
+
 /// A live child of the background root: the long-lived parent of every scenario (Go's
 /// `WithCancel(Background())`).
 fn kontext_parent() -> (Context, CancelHandle) {
     Context::background().child()
-}
-
-fn kontext_create_cancel(parent: &Context) {
-    let (ctx, handle) = parent.child();
-    black_box(handle.cancel());
-    drop(ctx);
-    drop(handle);
-}
-
-fn tokio_create_cancel(parent: &CancellationToken) {
-    let token = parent.child_token();
-    token.cancel();
-    drop(token);
 }
 
 fn kontext_create_drop(parent: &Context) {

@@ -169,57 +169,62 @@ fn tokio_fanout_waiting(iters: u64, n: usize) -> Duration {
     total
 }
 
-fn fanout_group(c: &mut Criterion, name: &str, observe: bool) {
+/// One fan-out group: each size timed for kontext and for tokio-util (the tree built
+/// untimed inside each function).
+fn fanout_group(
+    c: &mut Criterion,
+    name: &str,
+    kontext: impl Fn(u64, usize) -> Duration,
+    tokio: impl Fn(u64, usize) -> Duration,
+) {
     let mut group = c.benchmark_group(name);
     Timing::SETUP_HEAVY.apply(&mut group);
     for n in SIZES {
         group.throughput(Throughput::Elements(n as u64));
         group.bench_function(BenchmarkId::new(KONTEXT, n), |b| {
-            b.iter_custom(|iters| kontext_fanout(iters, n, observe))
+            b.iter_custom(|iters| kontext(iters, n))
         });
         group.bench_function(BenchmarkId::new(TOKIO_UTIL, n), |b| {
-            b.iter_custom(|iters| tokio_fanout(iters, n, observe))
+            b.iter_custom(|iters| tokio(iters, n))
         });
     }
     group.finish();
 }
 
 fn fanout_cancel(c: &mut Criterion) {
-    fanout_group(c, "fanout_cancel", false);
+    fanout_group(
+        c,
+        "fanout_cancel",
+        |i, n| kontext_fanout(i, n, false),
+        |i, n| tokio_fanout(i, n, false),
+    );
 }
 
 fn fanout_cancel_drop(c: &mut Criterion) {
-    let mut group = c.benchmark_group("fanout_cancel+drop");
-    Timing::SETUP_HEAVY.apply(&mut group);
-    for n in SIZES {
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new(KONTEXT, n), |b| {
-            b.iter_custom(|iters| kontext_fanout_drop(iters, n))
-        });
-        group.bench_function(BenchmarkId::new(TOKIO_UTIL, n), |b| {
-            b.iter_custom(|iters| tokio_fanout_drop(iters, n))
-        });
-    }
-    group.finish();
+    fanout_group(
+        c,
+        "fanout_cancel+drop",
+        kontext_fanout_drop,
+        tokio_fanout_drop,
+    );
 }
 
 fn fanout_cancel_observed(c: &mut Criterion) {
-    fanout_group(c, "fanout_cancel_observed", true);
+    fanout_group(
+        c,
+        "fanout_cancel_observed",
+        |i, n| kontext_fanout(i, n, true),
+        |i, n| tokio_fanout(i, n, true),
+    );
 }
 
 fn fanout_cancel_waiting(c: &mut Criterion) {
-    let mut group = c.benchmark_group("fanout_cancel_waiting");
-    Timing::SETUP_HEAVY.apply(&mut group);
-    for n in SIZES {
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new(KONTEXT, n), |b| {
-            b.iter_custom(|iters| kontext_fanout_waiting(iters, n))
-        });
-        group.bench_function(BenchmarkId::new(TOKIO_UTIL, n), |b| {
-            b.iter_custom(|iters| tokio_fanout_waiting(iters, n))
-        });
-    }
-    group.finish();
+    fanout_group(
+        c,
+        "fanout_cancel_waiting",
+        kontext_fanout_waiting,
+        tokio_fanout_waiting,
+    );
 }
 
 /// A kontext chain: a root and `CHAIN` children, each below the previous; every level's

@@ -16,6 +16,8 @@
 //! cargo bench -p kontext-benches --bench scaling
 //! ```
 
+mod common;
+
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
@@ -25,20 +27,9 @@ use kontext_benches::{
 };
 use tokio_util::sync::CancellationToken;
 
+use common::{kontext_create_cancel, tokio_create_cancel};
+
 const GROUP: &str = "child_create_cancel_scaling";
-
-fn kontext_create_cancel(parent: &Context) {
-    let (ctx, handle) = parent.child();
-    black_box(handle.cancel());
-    drop(ctx);
-    drop(handle);
-}
-
-fn tokio_create_cancel(parent: &CancellationToken) {
-    let token = parent.child_token();
-    token.cancel();
-    drop(token);
-}
 
 fn scaling(c: &mut Criterion) {
     let mut group = c.benchmark_group(GROUP);
