@@ -110,9 +110,8 @@ pub(super) fn walk(
     if !root_held && r.side().is_none_or(|s| !s.has_entries()) {
         notify(r, None, &mut panics);
         if fired {
-            r.header.link.storage_handover.read();
-            // SAFETY: a firing heap deadline node, alive until this call.
-            unsafe { alarm::fired(root.cast()) };
+            // SAFETY: a firing deadline node, alive until this call.
+            unsafe { hand_back_fired(root) };
         }
         panics.finish();
         return true;
@@ -226,13 +225,24 @@ pub(super) fn walk(
     }
     debug_assert_eq!(held_user, usize::from(root_held));
     if fired {
-        r.header.link.storage_handover.read();
-        // SAFETY: a firing deadline node; our last access to a user one (alarm invariant 4).
-        unsafe { alarm::fired(root.cast()) };
+        // SAFETY: a firing deadline node, alive until this call.
+        unsafe { hand_back_fired(root) };
     }
     deferred.wake_all(&mut panics);
     panics.finish();
     true
+}
+
+/// The end of a walk that fired `root`'s alarm: gives the node back to its queue, our last
+/// access to a user node (alarm invariant 4).
+///
+/// # Safety
+/// `root` is a deadline node whose alarm entry is `FIRING`, alive until this call.
+unsafe fn hand_back_fired(root: NonNull<CancelNode>) {
+    // SAFETY: the caller keeps `root` alive until here.
+    unsafe { root.as_ref() }.header.link.storage_handover.read();
+    // SAFETY: as the caller guarantees.
+    unsafe { alarm::fired(root.cast()) };
 }
 
 /// Closes `n`'s wait list and wakes every waiter exactly once (waitlist invariant 2), or, with
